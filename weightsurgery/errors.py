@@ -1,0 +1,171 @@
+"""Every exception weightsurgery raises.
+
+The tree mixes in the built-in exception a caller would naturally catch, so
+``except FileNotFoundError`` still works on a missing checkpoint::
+
+    WeightSurgeryError(Exception)
+    ├── SourceError
+    │   ├── SourceNotFoundError(FileNotFoundError)    path, repo, file or name that does not exist
+    │   ├── CorruptCheckpointError(ValueError)        truncated or malformed file
+    │   ├── UnsafeCheckpointError(pickle.UnpicklingError)  pickle needs code; opt in with weights_only=False
+    │   ├── AmbiguousContainerError(KeyError)         several nested state dicts; choose with key=
+    │   ├── UnknownSourceError(LookupError)           a name no registry knows; lists the closest names
+    │   ├── OfflineSourceError(ConnectionError)       offline and not cached
+    │   └── IntegrityError(ValueError)                a download whose hash does not match
+    ├── PlanError(ValueError)                         a plan that does not fit the target
+    │   └── ShapeMismatchError                        on_mismatch="error" and shapes differ
+    ├── StrictTransferError(RuntimeError)             strict=True and keys were left over
+    ├── CoverageError(RuntimeError)                   coverage under min_coverage=
+    ├── AdapterError(ValueError)                      an adapter whose conditions do not hold
+    ├── InitSpecError(ValueError)                     a bad init spec or rule; lists the valid ones
+    └── TargetError(ValueError)                       a TARGET factory spec that cannot be built
+
+Errors carry attributes (``path``, ``key``, ``problems``) so callers can act on
+them without parsing the message.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+
+__all__ = [
+    "AdapterError",
+    "AmbiguousContainerError",
+    "CorruptCheckpointError",
+    "CoverageError",
+    "InitSpecError",
+    "IntegrityError",
+    "OfflineSourceError",
+    "PlanError",
+    "ShapeMismatchError",
+    "SourceError",
+    "SourceNotFoundError",
+    "StrictTransferError",
+    "TargetError",
+    "UnknownSourceError",
+    "UnsafeCheckpointError",
+    "WeightSurgeryError",
+]
+
+
+class WeightSurgeryError(Exception):
+    """Base class of every error raised by weightsurgery."""
+
+
+class SourceError(WeightSurgeryError):
+    """A source could not be resolved or read.
+
+    Attributes:
+        source: the path, URL, repo id or name the user gave (as a string).
+    """
+
+    def __init__(self, message: str, *, source: object = None) -> None:
+        super().__init__(message)
+        self.source = None if source is None else str(source)
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """A path, repo, revision, file or registry entry that does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptCheckpointError(SourceError, ValueError):
+    """A checkpoint file that is truncated or malformed."""
+
+
+class UnsafeCheckpointError(SourceError, pickle.UnpicklingError):
+    """A pickle that needs arbitrary code to load, refused under ``weights_only=True``."""
+
+
+class AmbiguousContainerError(SourceError, KeyError):
+    """A nested checkpoint holding several candidate state dicts.
+
+    Attributes:
+        candidates: the container paths that hold a state dict.
+    """
+
+    def __init__(self, message: str, *, source: object = None, candidates: Sequence[str] = ()) -> None:
+        super().__init__(message, source=source)
+        self.candidates = tuple(candidates)
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownSourceError(SourceError, LookupError):
+    """A name that no registry knows.
+
+    Attributes:
+        suggestions: the closest real names.
+    """
+
+    def __init__(self, message: str, *, source: object = None, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message, source=source)
+        self.suggestions = tuple(suggestions)
+
+
+class OfflineSourceError(SourceError, ConnectionError):
+    """A remote source that is not cached while offline."""
+
+
+class IntegrityError(SourceError, ValueError):
+    """A downloaded file whose hash does not match the expected one."""
+
+
+class PlanError(WeightSurgeryError, ValueError):
+    """A plan that does not fit its target or source.
+
+    Attributes:
+        problems: one line per problem, each naming the key.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+class ShapeMismatchError(PlanError):
+    """Raised under ``on_mismatch="error"`` when matched tensors differ in shape."""
+
+
+class StrictTransferError(WeightSurgeryError, RuntimeError):
+    """Raised under ``strict=True`` when target keys would be initialized or source keys go unused.
+
+    Attributes:
+        missing: target keys that would be initialized.
+        unused: source keys nothing used.
+    """
+
+    def __init__(self, message: str, *, missing: Sequence[str] = (), unused: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+        self.unused = tuple(unused)
+
+
+class CoverageError(WeightSurgeryError, RuntimeError):
+    """Raised when the loaded fraction of the target is under ``min_coverage``.
+
+    Attributes:
+        coverage: the loaded fraction of target parameters (0..1).
+        required: the ``min_coverage`` asked for.
+    """
+
+    def __init__(self, message: str, *, coverage: float, required: float) -> None:
+        super().__init__(message)
+        self.coverage = coverage
+        self.required = required
+
+
+class AdapterError(WeightSurgeryError, ValueError):
+    """An adapter asked to do something its conditions do not allow."""
+
+
+class InitSpecError(WeightSurgeryError, ValueError):
+    """A malformed init spec or rule. The message lists the valid specs."""
+
+
+class TargetError(WeightSurgeryError, ValueError):
+    """A target factory spec (``timm:NAME``, ``pkg.mod:callable``) that cannot be built."""

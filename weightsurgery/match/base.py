@@ -1,0 +1,79 @@
+"""The contract between the planner and its matching strategies.
+
+A strategy is a function ``(MatchContext) -> StrategyResult``. It looks only at
+metadata (keys, shapes, dtypes, owning module types) and claims the pairs it is
+sure of. It abstains, with a reason, where it sees several equally good
+candidates. Keys it does not claim pass on to the next strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.sources.checkpoint import TensorMeta
+
+__all__ = ["Abstain", "Match", "MatchContext", "Strategy", "StrategyResult"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """A strategy's claim that ``source`` fills ``target``.
+
+    Attributes:
+        target: canonical target key.
+        source: source key.
+        strategy: the strategy's name (``"exact"``, ``"prefix"``, ``"suffix"``...).
+        evidence: why, in words (``"stripped 'module.'"``).
+    """
+
+    target: str
+    source: str
+    strategy: str
+    evidence: str = ""
+
+
+@dataclass(frozen=True)
+class Abstain:
+    """A strategy's refusal to choose for ``target``; the key stays open.
+
+    Attributes:
+        target: canonical target key.
+        reason: why, naming the candidates (``"ambiguous: a.weight, b.weight"``).
+        candidates: the source keys it could not tell apart.
+        strategy: who abstained.
+    """
+
+    target: str
+    reason: str
+    candidates: tuple[str, ...] = ()
+    strategy: str = ""
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    matches: Sequence[Match] = ()
+    abstentions: Sequence[Abstain] = ()
+
+
+@dataclass
+class MatchContext:
+    """What a strategy sees.
+
+    Attributes:
+        source: every source key -> shape/dtype, in source order.
+        target: the target description.
+        open_targets: canonical target keys not yet matched, in module order.
+        open_sources: source keys not yet used, in source order.
+        source_metadata: the checkpoint's metadata (label names, classifier...).
+    """
+
+    source: Mapping[str, TensorMeta]
+    target: TargetSpec
+    open_targets: list[str]
+    open_sources: list[str]
+    source_metadata: Mapping[str, object] = field(default_factory=dict)
+
+
+Strategy = Callable[[MatchContext], StrategyResult]
