@@ -26,12 +26,21 @@ class Match:
         source: source key.
         strategy: the strategy's name (``"exact"``, ``"prefix"``, ``"suffix"``...).
         evidence: why, in words (``"stripped 'module.'"``).
+        sources: every source key read, for multi-source adapters (``q,k,v`` -> ``qkv``);
+            empty means just ``source``.
+        adapter: the adapter the match needs (a name registered in ``weightsurgery.adapt``),
+            or ``None`` for a plain copy. A match that names an adapter may read a
+            source key another match already read (a fused ``qkv`` split three ways).
+        adapter_args: the adapter's keyword arguments (JSON-serialisable).
     """
 
     target: str
     source: str
     strategy: str
     evidence: str = ""
+    sources: tuple[str, ...] = ()
+    adapter: str | None = None
+    adapter_args: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
