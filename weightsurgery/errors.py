@@ -9,7 +9,10 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   ├── CorruptCheckpointError(ValueError)        truncated or malformed file
     │   ├── UnsafeCheckpointError(pickle.UnpicklingError)  pickle needs code; opt in with weights_only=False
     │   ├── AmbiguousContainerError(KeyError)         several nested state dicts; choose with key=
+    │   ├── UnknownContainerError(KeyError)           a key= that names no container; lists the real ones
+    │   ├── EmptyCheckpointError(ValueError)          a well-formed source with entries but no tensors
     │   ├── UnknownSourceError(LookupError)           a name no registry knows; lists the closest names
+    │   ├── SourceSpecError(ValueError)               a source string that does not parse (hf-hub:, URL)
     │   ├── OfflineSourceError(ConnectionError)       offline and not cached
     │   └── IntegrityError(ValueError)                a download whose hash does not match
     ├── PlanError(ValueError)                         a plan that does not fit the target
@@ -17,8 +20,13 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     ├── StrictTransferError(RuntimeError)             strict=True and keys were left over
     ├── CoverageError(RuntimeError)                   coverage under min_coverage=
     ├── AdapterError(ValueError)                      an adapter whose conditions do not hold
+    ├── RecipeError(ValueError)                       a recipe file or field that is malformed
     ├── InitSpecError(ValueError)                     a bad init spec or rule; lists the valid ones
-    └── TargetError(ValueError)                       a TARGET factory spec that cannot be built
+    │   └── InitSpecMismatchError                     a spec that cannot fill its tensor (xavier on a bias)
+    ├── TargetError(ValueError)                       a TARGET factory spec that cannot be built
+    ├── OutputExistsError(FileExistsError)            an output file exists; overwrite it explicitly
+    ├── OutputWriteError(OSError)                     writing an output failed (disk full...); the old file is kept
+    └── CLIError(ValueError)                          a command-line argument mistake
 
 Errors carry attributes (``path``, ``key``, ``problems``) so callers can act on
 them without parsing the message.
@@ -32,17 +40,25 @@ from collections.abc import Sequence
 __all__ = [
     "AdapterError",
     "AmbiguousContainerError",
+    "CLIError",
     "CorruptCheckpointError",
     "CoverageError",
+    "EmptyCheckpointError",
     "InitSpecError",
+    "InitSpecMismatchError",
     "IntegrityError",
     "OfflineSourceError",
+    "OutputExistsError",
+    "OutputWriteError",
     "PlanError",
+    "RecipeError",
     "ShapeMismatchError",
     "SourceError",
     "SourceNotFoundError",
+    "SourceSpecError",
     "StrictTransferError",
     "TargetError",
+    "UnknownContainerError",
     "UnknownSourceError",
     "UnsafeCheckpointError",
     "WeightSurgeryError",
@@ -95,6 +111,31 @@ class AmbiguousContainerError(SourceError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownContainerError(SourceError, KeyError):
+    """A ``key=`` that names neither a container nor a key prefix of the checkpoint.
+
+    Attributes:
+        key: the ``key=`` the user gave.
+        available: the containers and top-level key prefixes that do exist.
+    """
+
+    def __init__(self, message: str, *, source: object = None, key: str = "", available: Sequence[str] = ()) -> None:
+        super().__init__(message, source=source)
+        self.key = key
+        self.available = tuple(available)
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EmptyCheckpointError(SourceError, ValueError):
+    """A well-formed source with entries but no tensors (an optimizer-only file, a config).
+
+    Unlike :class:`CorruptCheckpointError`, re-downloading does not help: the
+    fix is to pass the file or object that holds the weights.
+    """
+
+
 class UnknownSourceError(SourceError, LookupError):
     """A name that no registry knows.
 
@@ -105,6 +146,14 @@ class UnknownSourceError(SourceError, LookupError):
     def __init__(self, message: str, *, source: object = None, suggestions: Sequence[str] = ()) -> None:
         super().__init__(message, source=source)
         self.suggestions = tuple(suggestions)
+
+
+class SourceSpecError(SourceError, ValueError):
+    """A source string that does not parse.
+
+    For example ``hf-hub:`` with no repo, a URL with no file name, or a revision
+    given both in the string and as ``revision=`` with different values.
+    """
 
 
 class OfflineSourceError(SourceError, ConnectionError):
@@ -163,9 +212,69 @@ class AdapterError(WeightSurgeryError, ValueError):
     """An adapter asked to do something its conditions do not allow."""
 
 
+class RecipeError(WeightSurgeryError, ValueError):
+    """A recipe that cannot be read: a bad file, format or field.
+
+    Attributes:
+        path: the recipe file, when read from one.
+        field: the offending field (``"rename[2]"``, ``"adapt[0].pattern"``).
+    """
+
+    def __init__(self, message: str, *, path: object = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.field = field
+
+
 class InitSpecError(WeightSurgeryError, ValueError):
     """A malformed init spec or rule. The message lists the valid specs."""
 
 
+class InitSpecMismatchError(InitSpecError):
+    """Init specs that cannot fill the tensors their rules select (xavier on a bias).
+
+    Attributes:
+        problems: one line per tensor, naming the key, its shape and the spec.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
 class TargetError(WeightSurgeryError, ValueError):
     """A target factory spec (``timm:NAME``, ``pkg.mod:callable``) that cannot be built."""
+
+
+class OutputExistsError(WeightSurgeryError, FileExistsError):
+    """An output file that already exists, refused unless overwriting was asked for.
+
+    Attributes:
+        path: the existing file.
+    """
+
+    def __init__(self, message: str, *, path: object) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+    def __str__(self) -> str:  # FileExistsError would otherwise format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
+
+
+class OutputWriteError(WeightSurgeryError, OSError):
+    """Writing an output file failed part-way (a full disk, a file-size limit); the old file is kept.
+
+    Attributes:
+        path: the output file.
+    """
+
+    def __init__(self, message: str, *, path: object) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
+
+
+class CLIError(WeightSurgeryError, ValueError):
+    """A command-line mistake: a bad flag, a missing argument, flags that conflict."""

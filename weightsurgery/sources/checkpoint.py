@@ -117,6 +117,9 @@ class Checkpoint:
         metadata: free-form metadata (safetensors header metadata, label names,
             ``"classifier"``/``"first_conv"`` names from a registry...).
         closer: releases file handles; called by :meth:`close`.
+        owned: ``loader`` returns freshly allocated tensors that share memory with
+            nothing (not a memory-mapped file, not a caller's tensor), so apply
+            may put them into a model without another copy.
 
     Example:
         >>> import torch
@@ -136,12 +139,15 @@ class Checkpoint:
         *,
         metadata: Mapping[str, Any] | None = None,
         closer: Callable[[], None] | None = None,
+        owned: bool = False,
     ) -> None:
         self.metas: Mapping[str, TensorMeta] = dict(metas)
         self._loader = loader
         self.origin = origin
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._closer = closer
+        self.owned = owned
+        self._closed = False
 
     def keys(self) -> list[str]:
         return list(self.metas)
@@ -159,6 +165,8 @@ class Checkpoint:
         """Read one tensor. It may be memory-mapped: copy it before it goes into a model."""
         if key not in self.metas:
             raise KeyError(f"{key!r} is not in {self.origin.describe()}")
+        if self._closed:
+            raise ValueError(f"checkpoint {self.origin.describe()} is closed; resolve the source again to read it")
         return self._loader(key)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -174,6 +182,8 @@ class Checkpoint:
         return sum(m.nbytes for m in self.metas.values())
 
     def close(self) -> None:
+        """Release file handles; later :meth:`load` calls raise."""
+        self._closed = True
         if self._closer is not None:
             self._closer()
             self._closer = None

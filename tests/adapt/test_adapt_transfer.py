@@ -1,0 +1,126 @@
+"""Adapters end to end through weightsurgery.transfer on real timm/torchvision definitions (random init)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from weightsurgery.adapt import AdaptRule, resample_pos_embed
+from weightsurgery.recipe import Recipe
+from weightsurgery.transfer import transfer
+
+
+@pytest.fixture(scope="module")
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+def test_vit_224_into_384_adapts_only_the_position_embedding():
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224")
+    report = transfer(src, "timm:vit_tiny_patch16_384", on_mismatch="adapt")  # built on meta
+    dst = report.model
+    assert report.initialized == []
+    record = report.records["pos_embed"]
+    assert record.adapter == "pos_embed"
+    assert record.adapter_args == {"num_prefix_tokens": 1, "old_grid": [14, 14], "new_grid": [24, 24]}
+    expected = resample_pos_embed(src.pos_embed.detach(), new_grid=(24, 24))
+    assert torch.equal(dst.pos_embed.detach(), expected)
+    src_state = src.state_dict()
+    assert all(torch.equal(v, src_state[k]) for k, v in dst.state_dict().items() if k != "pos_embed")
+
+
+def test_grayscale_resnet_sees_a_gray_image_as_the_rgb_model_sees_it_replicated(resnet):
+    gray = torchvision.models.resnet18()
+    gray.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    report = transfer(resnet, gray.eval(), on_mismatch="adapt")
+    assert report.initialized == [] and report.records["conv1.weight"].adapter == "input_channels"
+    image = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(image), resnet(image.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+
+
+def test_head_subset_gives_the_source_logits_of_those_classes(resnet):
+    labels = [f"n{i:03d}" for i in range(1000)]
+    small = torchvision.models.resnet18(num_classes=3).eval()
+    report = transfer(resnet, small, on_mismatch="adapt", classes=["n005", 1, 9], source_labels=labels)
+    assert report.records["fc.bias"].adapter_args == {"rows": [5, 1, 9]}
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(image), resnet(image)[:, [5, 1, 9]])
+
+
+def test_class_count_change_without_classes_initializes_the_head_and_says_why(resnet):
+    report = transfer(resnet, torchvision.models.resnet18(num_classes=10), on_mismatch="adapt", seed=0)
+    assert set(report.initialized) == {"fc.weight", "fc.bias"}
+    assert "pass classes=[...] to keep a subset" in report.records["fc.weight"].evidence
+
+
+class SeparateAttention(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+
+class Block(nn.Module):
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+
+
+def test_multihead_attention_from_separate_projections_and_back():
+    torch.manual_seed(0)
+    sep = Block(SeparateAttention())
+    mha = Block(nn.MultiheadAttention(16, 4, batch_first=True)).eval()
+    report = transfer(sep, mha)
+    assert report.initialized == []
+    assert report.records["attn.in_proj_weight"].sources == ("attn.q.weight", "attn.k.weight", "attn.v.weight")
+    # the reference: the same attention computed from the separate projections
+    reference = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([sep.attn.q.weight, sep.attn.k.weight, sep.attn.v.weight]))
+        reference.in_proj_bias.copy_(torch.cat([sep.attn.q.bias, sep.attn.k.bias, sep.attn.v.bias]))
+        reference.out_proj.load_state_dict(sep.attn.out_proj.state_dict())
+        x = torch.randn(2, 5, 16)
+        torch.testing.assert_close(mha.attn(x, x, x)[0], reference(x, x, x)[0])
+    back = Block(SeparateAttention())
+    split = transfer(mha, back)
+    assert split.initialized == [] and split.records["attn.v.bias"].adapter == "split"
+    for k, v in sep.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, 8)
+        self.lm_head = nn.Linear(8, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+
+
+def test_tied_vocabulary_resize_stays_tied():
+    torch.manual_seed(0)
+    src, dst = TinyLM(100), TinyLM(120)
+    report = transfer(src, dst, on_mismatch="adapt")
+    assert report.initialized == []
+    assert dst.lm_head.weight is dst.wte.weight
+    assert torch.equal(dst.wte.weight[:100], src.wte.weight)
+    torch.testing.assert_close(dst.wte.weight[100:], src.wte.weight.mean(0).expand(20, 8))
+
+
+def test_recipe_file_with_an_explicit_rule(tmp_path):
+    torch.manual_seed(0)
+    src = timm.create_model("vit_tiny_patch16_224")
+    path = tmp_path / "vit.yaml"
+    Recipe(adapt=[AdaptRule("pos_embed", "pos_embed", {"interpolation": "bilinear"})], init={"head.*": "zeros"}).save(path)
+    report = transfer(src, "timm:vit_tiny_patch16_384", recipe=path, exclude=["head.*"])
+    dst = report.model
+    assert report.records["pos_embed"].adapter_args["interpolation"] == "bilinear"
+    expected = resample_pos_embed(src.pos_embed.detach(), new_grid=(24, 24), interpolation="bilinear")
+    assert torch.equal(dst.pos_embed.detach(), expected)
+    assert set(report.initialized) == {"head.weight", "head.bias"} and not dst.head.weight.any()

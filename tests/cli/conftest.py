@@ -1,0 +1,60 @@
+"""Fixtures for the CLI tests: real checkpoint files and a runner for the real entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+if str(HERE) not in sys.path:  # in-process tests import the same factories the subprocess does
+    sys.path.insert(0, str(HERE))
+
+from cli_models import TinyNet  # noqa: E402
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Runner:
+    """Run ``python -m weightsurgery.cli.main ARGS`` in ``tmp_path``, with the test factories importable."""
+
+    def run(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "COLUMNS")}
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "weightsurgery.cli.main", *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **kwargs,
+        )
+
+    return run
+
+
+@pytest.fixture
+def source_model() -> TinyNet:
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=5)
+    with torch.no_grad():  # non-default statistics, so that a copy is told from a fresh init
+        model.norm.running_mean.uniform_()
+        model.norm.running_var.uniform_(1, 2)
+    return model
+
+
+@pytest.fixture
+def nested_ckpt(tmp_path: Path, source_model: TinyNet) -> Path:
+    """A Lightning-style training checkpoint: ``{"state_dict": {"model.<key>": ...}, "epoch": 7}``."""
+    path = tmp_path / "last.ckpt"
+    state = {f"model.{k}": v for k, v in source_model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 7, "optimizer_states": []}, path)
+    return path

@@ -1,0 +1,54 @@
+"""``weightsurgery plan``: a dry run that prints the grouped plan and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from weightsurgery.cli.main import main
+from weightsurgery.match.plan import Action, Plan
+
+
+def test_plan_json_and_saved_mapping(run_cli, tmp_path: Path, nested_ckpt: Path):
+    result = run_cli("plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "--json",
+                     "--save-mapping", "mapping.json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["applied"] is False
+    assert data["initialized"] == ["head.weight", "head.bias"]
+    assert data["unused"] == ["model.head.weight", "model.head.bias"]
+    assert data["ambiguous"] == []
+    assert 0.5 < data["coverage"] < 1.0
+    plan = Plan.load(tmp_path / "mapping.json")
+    assert [e.target for e in plan.by_action(Action.INIT)] == ["head.weight", "head.bias"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "mapping.json"]  # nothing else written
+
+
+def test_plan_table_lists_every_section_with_init_specs(nested_ckpt: Path, capsys):
+    code = main(["plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3",
+                 "--rule", "head.weight=zeros", "--init", "ones"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "coverage" in out
+    assert "loaded (7)" in out and "initialized (2)" in out and "unused source keys (2)" in out
+    assert "zeros" in out and "ones" in out  # the spec each initialized key gets
+    assert "model.head.{weight,bias}" in out
+
+
+def test_plan_quiet_prints_nothing(nested_ckpt: Path, capsys):
+    assert main(["--quiet", "plan", str(nested_ckpt), "cli_models:tiny"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_plan_strict_fails_with_the_flag_to_drop(nested_ckpt: Path, capsys):
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: strict=True")
+    assert "(on the command line: drop --strict, or map with --recipe)" in err
+    assert "head.{weight,bias}" in err
+
+
+def test_bad_rule_is_a_cli_error(nested_ckpt: Path, capsys):
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--rule", "head.*"]) == 1
+    assert capsys.readouterr().err.startswith("error: --rule 'head.*' is not PATTERN=SPEC")

@@ -1,0 +1,142 @@
+"""Name strategies: exact, wrapper prefixes both ways and per subtree, rename rules, explicit maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weightsurgery.errors import PlanError
+from weightsurgery.match.base import MatchContext
+from weightsurgery.match.names import (
+    compile_rename,
+    explicit_strategy,
+    match_exact,
+    match_prefix,
+    rename_strategy,
+)
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.sources.checkpoint import TensorMeta
+
+
+def ctx_for(source_keys: dict[str, tuple[int, ...]], module: nn.Module) -> MatchContext:
+    source = {k: TensorMeta(s, torch.float32) for k, s in source_keys.items()}
+    target = TargetSpec.from_module(module)
+    return MatchContext(source, target, list(target.tensors), list(source))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(2, 3)
+        self.head = nn.Linear(3, 4)
+
+
+def pairs(result) -> dict[str, str]:
+    return {m.target: m.source for m in result.matches}
+
+
+def test_exact_matches_same_names_only() -> None:
+    ctx = ctx_for({"stem.weight": (3, 2), "other.bias": (3,)}, Net())
+    assert pairs(match_exact(ctx)) == {"stem.weight": "stem.weight"}
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "model.", "module._orig_mod.", "bert."])
+def test_prefix_stripped_from_source(prefix: str) -> None:
+    keys = {f"{prefix}{k}": tuple(v.shape) for k, v in Net().state_dict().items()}
+    result = match_prefix(ctx_for(keys, Net()))
+    assert pairs(result) == {k: f"{prefix}{k}" for k in Net().state_dict()}
+    assert all(repr(prefix) in m.evidence for m in result.matches)
+
+
+def test_prefix_added_to_source_keys() -> None:
+    wrapped = nn.Sequential()
+    wrapped.add_module("backbone", Net())
+    keys = {k: tuple(v.shape) for k, v in Net().state_dict().items()}
+    assert pairs(match_prefix(ctx_for(keys, wrapped))) == {f"backbone.{k}": k for k in keys}
+
+
+def test_prefix_detected_per_subtree_not_only_when_every_key_has_it() -> None:
+    # Only the stem was wrapped (e.g. a compiled submodule); the head keeps its name.
+    keys = {"stem._orig_mod.weight": (3, 2), "stem._orig_mod.bias": (3,)}
+    source = {"_orig_mod.stem.weight": (3, 2), "_orig_mod.stem.bias": (3,), "head.weight": (4, 3), "head.bias": (4,)}
+    del keys
+    ctx = ctx_for(source, Net())
+    exact = pairs(match_exact(ctx))
+    assert exact == {"head.weight": "head.weight", "head.bias": "head.bias"}
+    ctx.open_targets = [t for t in ctx.open_targets if t not in exact]
+    ctx.open_sources = [s for s in ctx.open_sources if s not in exact.values()]
+    assert pairs(match_prefix(ctx)) == {"stem.weight": "_orig_mod.stem.weight", "stem.bias": "_orig_mod.stem.bias"}
+
+
+def test_prefix_ambiguity_abstains_and_names_both_candidates() -> None:
+    # Target "weight" could come from "a.weight" or "b.weight": equal support, nothing tells them apart.
+    ctx = ctx_for({"a.weight": (3, 2), "b.weight": (3, 2)}, nn.Linear(2, 3))
+    result = match_prefix(ctx)
+    assert pairs(result) == {}
+    (abstain,) = [a for a in result.abstentions if a.target == "weight"]
+    assert "a.weight" in abstain.reason and "b.weight" in abstain.reason
+
+
+def test_prefix_with_more_support_wins() -> None:
+    # "model." explains both keys; "extra." explains one: the well-supported prefix wins.
+    ctx = ctx_for({"model.weight": (3, 2), "model.bias": (3,), "extra.weight": (3, 2)}, nn.Linear(2, 3))
+    assert pairs(match_prefix(ctx)) == {"weight": "model.weight", "bias": "model.bias"}
+
+
+def test_rename_rules_apply_in_order() -> None:
+    rules = compile_rename([(r"^net\.", ""), (r"^body\.", "stem."), (r"^fc\.", "head.")])
+    keys = {"net.body.weight": (3, 2), "net.body.bias": (3,), "net.fc.weight": (4, 3), "fc.bias": (4,)}
+    result = rename_strategy(rules)(ctx_for(keys, Net()))
+    assert pairs(result) == {
+        "stem.weight": "net.body.weight",
+        "stem.bias": "net.body.bias",
+        "head.weight": "net.fc.weight",
+        "head.bias": "fc.bias",
+    }
+
+
+def test_rename_collision_abstains() -> None:
+    rules = compile_rename([(r"^(a|b)\.", "stem.")])
+    result = rename_strategy(rules)(ctx_for({"a.weight": (3, 2), "b.weight": (3, 2)}, Net()))
+    assert pairs(result) == {}
+    assert "a.weight" in result.abstentions[0].reason and "b.weight" in result.abstentions[0].reason
+
+
+def test_bad_rename_rule_is_named() -> None:
+    with pytest.raises(PlanError, match=r"rename rule #0: '\(' is not a valid regex"):
+        compile_rename([("(", "x")])
+    with pytest.raises(PlanError, match=r"rename rule #1 is 'oops'; each rule is a \(regex, replacement\) pair"):
+        compile_rename([("a", "b"), "oops"])  # type: ignore[list-item]
+
+
+def test_explicit_map_matches_and_validates_every_key() -> None:
+    ctx = ctx_for({"w": (3, 2)}, Net())
+    assert pairs(explicit_strategy({"stem.weight": "w"})(ctx)) == {"stem.weight": "w"}
+    with pytest.raises(PlanError) as info:
+        explicit_strategy({"nope.weight": "w", "stem.bias": "missing"})(ctx)
+    assert len(info.value.problems) == 2
+    assert "'nope.weight' (in the explicit map) is not in the target model" in str(info.value)
+    assert "source key 'missing' (mapped to 'stem.bias') is not in the source" in str(info.value)
+
+
+def test_prefix_never_strips_a_numeric_component() -> None:
+    # "model.1.0.weight" must not fill "0.weight" by stripping "model.1.": that shifts indices.
+    target = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 3)))
+    ctx = ctx_for({"model.1.0.weight": (3, 3), "model.1.0.bias": (3,)}, target)
+    assert pairs(match_prefix(ctx)) == {"1.0.weight": "model.1.0.weight", "1.0.bias": "model.1.0.bias"}
+
+
+def test_a_contested_source_goes_to_the_better_supported_prefix() -> None:
+    # "model.stem.weight" explains "stem.weight" (prefix "model.", 4 keys) better than it
+    # explains a hypothetical "weight" (prefix "model.stem.", 1 key).
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(3, 2))
+            self.stem = nn.Linear(2, 3)
+            self.head = nn.Linear(3, 4)
+
+    keys = {f"model.{k}": tuple(v.shape) for k, v in Net().state_dict().items()}
+    result = match_prefix(ctx_for(keys, Both()))
+    assert pairs(result) == {k: f"model.{k}" for k in Net().state_dict()}

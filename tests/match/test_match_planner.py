@@ -1,0 +1,109 @@
+"""The planner: strategy order, the shape-mismatch policy, exclusion, ties, unused keys, reasons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weightsurgery.errors import PlanError, ShapeMismatchError
+from weightsurgery.match.plan import Action
+from weightsurgery.match.planner import PlanOptions, make_plan
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.sources.checkpoint import TensorMeta
+
+
+def metas(module: nn.Module, prefix: str = "") -> dict[str, TensorMeta]:
+    return {prefix + k: TensorMeta.of(v) for k, v in module.state_dict().items()}
+
+
+class Tied(nn.Module):
+    def __init__(self, vocab: int = 10, dim: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.body = nn.Linear(dim, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+
+def test_every_target_key_gets_exactly_one_entry_in_module_order() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 3))
+    plan = make_plan(metas(model, "module."), TargetSpec.from_module(model))
+    assert list(plan.entries) == list(model.state_dict())
+    assert all(e.action is Action.LOAD and e.strategy == "prefix" for e in plan.entries.values())
+    assert plan.unused == ()
+
+
+def test_shape_mismatch_falls_back_to_init_with_both_shapes() -> None:
+    src = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1000))
+    dst = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 10))
+    plan = make_plan(metas(src), TargetSpec.from_module(dst))
+    entry = plan.entries["1.weight"]
+    assert entry.action is Action.INIT
+    assert entry.evidence == "shape mismatch: 1.weight (10, 3) vs source 1.weight (1000, 3)"
+    assert entry.source_shape == (1000, 3)
+    assert set(plan.unused) == {"1.weight", "1.bias"}
+
+
+def test_on_mismatch_error_lists_every_key() -> None:
+    src = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1000))
+    dst = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 10))
+    with pytest.raises(ShapeMismatchError) as info:
+        make_plan(metas(src), TargetSpec.from_module(dst), PlanOptions(on_mismatch="error"))
+    assert len(info.value.problems) == 4
+    assert "0.weight (3, 2) vs source 0.weight (4, 2)" in str(info.value)
+
+
+def test_bad_options_list_valid_values() -> None:
+    spec = TargetSpec.from_module(nn.Linear(1, 1))
+    with pytest.raises(PlanError, match="valid values are 'init', 'adapt', 'error'"):
+        make_plan({}, spec, PlanOptions(on_mismatch="guess"))  # type: ignore[arg-type]
+    with pytest.raises(PlanError, match=r"unknown strategies \['magic'\]; valid strategies are: explicit, rename"):
+        make_plan({}, spec, PlanOptions(strategies=["exact", "magic"]))
+
+
+def test_strategies_can_be_restricted() -> None:
+    model = nn.Linear(2, 3)
+    plan = make_plan(metas(model, "module."), TargetSpec.from_module(model), PlanOptions(strategies=["exact"]))
+    assert plan.by_action(Action.LOAD) == []
+    assert plan.entries["weight"].evidence == "no candidate in the source"
+
+
+def test_exclude_sends_keys_to_init_with_the_rule_as_reason() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4))
+    plan = make_plan(metas(model), TargetSpec.from_module(model), PlanOptions(exclude=["1.*"]))
+    assert [e.target for e in plan.by_action(Action.INIT)] == ["1.weight", "1.bias"]
+    assert plan.entries["1.bias"].evidence == "excluded by rule '1.*'"
+    assert set(plan.unused) == {"1.weight", "1.bias"}
+    plan = make_plan(metas(model), TargetSpec.from_module(model), PlanOptions(exclude=[r"re:\.bias$"]))
+    assert [e.target for e in plan.by_action(Action.INIT)] == ["0.bias", "1.bias"]
+
+
+def test_tied_alias_is_not_loaded_twice_and_not_missing() -> None:
+    model = Tied()
+    plan = make_plan(metas(model), TargetSpec.from_module(model))
+    assert plan.entries["lm_head.weight"].action is Action.TIED
+    assert plan.entries["lm_head.weight"].alias_of == "embed.weight"
+    assert plan.entries["embed.weight"].action is Action.LOAD
+    # The source's copy of the alias is a duplicate of the same tensor: nothing reads it.
+    assert plan.unused == ("lm_head.weight",)
+
+
+def test_rename_map_and_rules() -> None:
+    model = nn.Sequential(nn.Linear(2, 3))
+    source = {"enc.w": TensorMeta((3, 2), torch.float32), "enc.b": TensorMeta((3,), torch.float32)}
+    plan = make_plan(source, TargetSpec.from_module(model), PlanOptions(rename={"0.weight": "enc.w", "0.bias": "enc.b"}))
+    assert plan.mapping == {"0.weight": "enc.w", "0.bias": "enc.b"}
+    rules = [(r"^enc\.w$", "0.weight"), (r"^enc\.b$", "0.bias")]
+    plan = make_plan(source, TargetSpec.from_module(model), PlanOptions(rename=rules))
+    assert {e.strategy for e in plan.entries.values()} == {"rename"}
+
+
+def test_abstention_reason_reaches_the_plan() -> None:
+    plan = make_plan(
+        {"a.weight": TensorMeta((3, 2), torch.float32), "b.weight": TensorMeta((3, 2), torch.float32)},
+        TargetSpec.from_module(nn.Linear(2, 3, bias=False)),
+        PlanOptions(strategies=["exact", "prefix"]),
+    )
+    assert plan.entries["weight"].action is Action.INIT
+    assert plan.entries["weight"].evidence.startswith("ambiguous")

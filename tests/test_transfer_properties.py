@@ -1,0 +1,79 @@
+"""Invariants of transfer() on random module trees and random key sets (hypothesis).
+
+- every target key is loaded xor initialized (tied aliases follow their key);
+- a loaded tensor equals its source;
+- the report agrees with the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from weightsurgery import transfer
+
+LAYERS = ("linear", "bn", "ln", "nested")
+
+
+@st.composite
+def module_trees(draw: st.DrawFn, depth: int = 0) -> nn.Module:
+    n = draw(st.integers(1, 4))
+    layers = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(LAYERS if depth < 2 else LAYERS[:3]))
+        width = draw(st.integers(1, 5))
+        if kind == "linear":
+            layers.append(nn.Linear(draw(st.integers(1, 5)), width, bias=draw(st.booleans())))
+        elif kind == "bn":
+            layers.append(nn.BatchNorm1d(width))
+        elif kind == "ln":
+            layers.append(nn.LayerNorm(width))
+        else:
+            layers.append(draw(module_trees(depth + 1)))
+    return nn.Sequential(*layers)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tree=module_trees(),
+    data=st.data(),
+    prefix=st.sampled_from(["", "module.", "model.", "_orig_mod."]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_invariants(tree: nn.Module, data: st.DataObject, prefix: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    target = tree
+    keys = list(target.state_dict())
+    kept = data.draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []
+    reshaped = data.draw(st.lists(st.sampled_from(kept), unique=True, max_size=2)) if kept else []
+    source = {}
+    for k in kept:
+        t = torch.randn(target.state_dict()[k].shape) if target.state_dict()[k].is_floating_point() \
+            else target.state_dict()[k] + 1
+        if k in reshaped:
+            t = torch.randn(*t.shape, 2)  # a different shape: must fall back to init
+        source[prefix + k] = t
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = transfer(source, target, seed=seed)
+    state = target.state_dict()
+
+    statuses = {k: r.status for k, r in report.records.items()}
+    assert set(statuses) == set(state)
+    assert set(report.mapping) | set(report.initialized) == set(state)
+    assert not set(report.mapping) & set(report.initialized)
+    for t_key, s_key in report.mapping.items():
+        assert torch.equal(state[t_key], source[s_key].to(state[t_key].dtype)), t_key
+    for k in reshaped:
+        assert statuses[k] == "initialized"
+        assert "shape mismatch" in report.records[k].evidence
+    for k in set(kept) - set(reshaped):
+        assert report.mapping.get(k) == prefix + k
+    assert set(report.unused) == {prefix + k for k in reshaped}
+    for k, r in report.records.items():
+        assert r.target_shape == tuple(state[k].shape)

@@ -1,0 +1,180 @@
+"""``weightsurgery``: the command line.
+
+One module per command (``inspect``, ``plan``, ``transfer``, ``diff``,
+``convert``); each exposes ``HELP``, ``EPILOG``, ``add_arguments(parser)`` and
+``run(args, ui) -> int``. This module builds the parser, sets up logging and
+warnings for the run, and turns exceptions into one ``error:`` line and an
+exit code through :data:`weightsurgery.cli._errors.ERROR_TABLE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import logging
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import Any, NoReturn
+
+from weightsurgery.cli import convert, diff, inspect, plan, transfer
+from weightsurgery.cli._errors import report_error
+from weightsurgery.cli._ui import UI
+from weightsurgery.errors import CLIError
+
+__all__ = ["build_parser", "main"]
+
+COMMANDS: dict[str, ModuleType] = {
+    "inspect": inspect,
+    "plan": plan,
+    "transfer": transfer,
+    "diff": diff,
+    "convert": convert,
+}
+
+EPILOG = """\
+examples:
+  weightsurgery inspect resnet50.pth
+  weightsurgery plan resnet50.pth timm:resnet50 --num-classes 10
+  weightsurgery transfer resnet50.pth timm:resnet50 --num-classes 10 -o out.safetensors
+  weightsurgery diff a.safetensors b.pth
+  weightsurgery convert model.pth model.safetensors
+
+Run 'weightsurgery COMMAND --help' for each command's options and examples.
+Set WEIGHTSURGERY_DEBUG=1 to see full tracebacks; NO_COLOR=1 turns colour off.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose mistakes raise :class:`CLIError` (exit 1) instead of exiting 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Options accepted before or after the command name.
+
+    On subcommands the defaults are suppressed, so that a flag given before the
+    command is not overwritten by the subcommand's default.
+    """
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    group = parser.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors", **default)
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout", **default)
+    group.add_argument("-v", "--verbose", action="store_true", help="log what the library does", **default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``weightsurgery`` argument parser, with one subparser per command.
+
+    Example:
+        >>> args = build_parser().parse_args(["inspect", "model.safetensors", "--json"])
+        >>> args.command, args.json, args.quiet
+        ('inspect', True, False)
+    """
+    parser = _Parser(
+        prog="weightsurgery",
+        description="Move pretrained weights into PyTorch models: inspect, plan, transfer, diff, convert.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module in COMMANDS.items():
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=module.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        _add_global_options(cmd, suppress=True)
+        cmd.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit code.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        0 on success, 1 for a user mistake (bad flag, missing file, unsafe
+        pickle...), 130 when interrupted, 2 for a bug.
+
+    Example:
+        >>> main(["--version"])  # doctest: +ELLIPSIS
+        weightsurgery ...
+        0
+    """
+    ui = UI()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    except CLIError as exc:
+        return report_error(exc, ui.err)
+    ui.quiet, ui.json = args.quiet, args.json
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return report_error(CLIError("no command given; choose one of " + ", ".join(COMMANDS)), ui.err)
+    try:
+        with _logging(ui, verbose=args.verbose):
+            return int(args.run(args, ui))
+    except (Exception, KeyboardInterrupt) as exc:
+        return report_error(exc, ui.err)
+
+
+@contextlib.contextmanager
+def _logging(ui: UI, *, verbose: bool) -> Iterator[None]:
+    """Route the library's log records and warnings to stderr for the length of one run."""
+    handler = logging.StreamHandler(ui.err.file)
+    handler.setFormatter(_Formatter())
+    logger = logging.getLogger("weightsurgery")
+    level = logging.ERROR if ui.quiet else logging.INFO if verbose else logging.WARNING
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings():
+            if ui.quiet:
+                warnings.simplefilter("ignore")
+            else:
+                warnings.showwarning = _show_warning(ui)
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _show_warning(ui: UI) -> Any:
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        ui.err.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    return show
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("weightsurgery")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        from weightsurgery import __version__
+
+        return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``weightsurgery plan SRC TARGET``: a dry run that prints what a transfer would do."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from weightsurgery.cli._options import add_source_options, add_target_options, add_transfer_options, check_output
+from weightsurgery.cli._options import transfer_kwargs
+from weightsurgery.cli._render import report_table
+from weightsurgery.cli._ui import UI
+from weightsurgery.report import Report
+
+__all__ = ["EPILOG", "HELP", "add_arguments", "run", "show_report"]
+
+HELP = "dry run: print the plan (loaded, adapted, initialized, ambiguous, unused) and the coverage"
+EPILOG = """\
+examples:
+  weightsurgery plan resnet50.pth timm:resnet50 --num-classes 10
+  weightsurgery plan vit.safetensors timm:vit_small_patch16_224 --in-chans 1 --on-mismatch adapt
+  weightsurgery plan ckpt.pth mypkg.models:build_net --kw width=64 --save-mapping mapping.json
+  weightsurgery plan ckpt.pth timm:resnet18 --json | jq '.initialized'
+
+TARGET is a model factory: timm:NAME, torchvision:NAME or package.module:callable.
+The model is built on the meta device; nothing is read or initialized.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="a file, folder, URL, hf-hub:org/repo or registry name")
+    parser.add_argument("target", metavar="TARGET", help="timm:NAME, torchvision:NAME or package.module:callable")
+    add_target_options(parser)
+    add_transfer_options(parser)
+    add_source_options(parser)
+    parser.add_argument("--force", action="store_true", help="replace an existing --save-mapping file")
+
+
+def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.transfer import transfer
+
+    check_output(args.save_mapping, force=args.force)
+    kwargs = transfer_kwargs(args)
+    report = transfer(args.src, args.target, dry_run=True, quiet=ui.quiet, **kwargs)
+    if args.save_mapping is not None:
+        report.plan.save(args.save_mapping)
+    show_report(report, ui, mapping=args.save_mapping)
+    return 0
+
+
+def show_report(report: Report, ui: UI, *, output: Path | None = None, mapping: Path | None = None) -> None:
+    """Print a report: JSON under ``--json``, else the summary and the grouped table."""
+    if ui.json:
+        data = report.to_dict()
+        data["ambiguous"] = report.ambiguous
+        if output is not None:
+            data["output"] = str(output)
+        if mapping is not None:
+            data["mapping_file"] = str(mapping)
+        ui.emit_json(data)
+        return
+    ui.show(report.summary())  # report.warnings went to stderr as they were raised
+    ui.show(report_table(report))
+    if mapping is not None:
+        ui.note(f"saved the mapping to {mapping}")

@@ -1,0 +1,207 @@
+"""Build a target model from a factory spec: ``timm:NAME``, ``torchvision:NAME`` or ``pkg.module:callable``.
+
+A target is built on the meta device by default, so that constructing it costs
+no initialization: :func:`weightsurgery.transfer` materializes only what it
+fills. Models whose constructor needs real tensor data (it reads a value with
+``.item()`` or ``.tolist()``) are rebuilt on the CPU automatically.
+
+The spec forms, in the order they are tried:
+
+1. a callable (a class or a function returning an ``nn.Module``), called with the kwargs;
+2. ``timm:NAME`` (``NAME`` may carry a pretrained tag, ``resnet50.a1_in1k``),
+   built with ``timm.create_model(NAME, pretrained=False, **kwargs)``;
+3. ``torchvision:NAME``, built with ``torchvision.models.get_model(NAME, weights=None, **kwargs)``;
+4. ``package.module:attribute`` (``attribute`` may be dotted, ``Class.from_config``),
+   imported with :mod:`importlib` and called with the kwargs.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightsurgery.errors import TargetError
+
+__all__ = ["build_target", "parse_kwargs"]
+
+logger = logging.getLogger(__name__)
+
+SPEC_FORMS = "'timm:NAME', 'torchvision:NAME' or 'package.module:callable'"
+
+
+def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, **kwargs: Any) -> nn.Module:
+    """Build the model a spec names, without paying for its initialization.
+
+    Args:
+        spec: ``timm:NAME``, ``torchvision:NAME``, ``package.module:callable``,
+            or a callable returning an ``nn.Module``.
+        meta: build on the meta device (no memory, no init cost). A model whose
+            constructor needs real data is rebuilt on the CPU, with a log line.
+        **kwargs: passed to the factory (``num_classes=10``, ``in_chans=1``...).
+
+    Returns:
+        The model, on the meta device when ``meta`` is true and it could be built there.
+
+    Raises:
+        TargetError: the spec has none of the accepted forms, names a model or
+            callable that does not exist (the message lists the closest names),
+            rejects the keyword arguments, raises while building (the original
+            exception is chained), or does not return an ``nn.Module``.
+
+    Example:
+        >>> model = build_target("torchvision:resnet18", num_classes=10)
+        >>> model.fc.weight.shape, model.fc.weight.device.type
+        (torch.Size([10, 512]), 'meta')
+        >>> build_target("torchvision:resnet1")
+        Traceback (most recent call last):
+        ...
+        weightsurgery.errors.TargetError: torchvision has no model 'resnet1'; closest: resnet18, resnet152, resnet101, resnet50, resnet34
+    """
+    factory, label = _factory_for(spec)
+    if meta:
+        try:
+            with torch.device("meta"):
+                return _call(factory, label, kwargs)
+        except (NotImplementedError, RuntimeError) as exc:
+            if "meta" not in str(exc):
+                raise
+            logger.info("%s cannot be built on the meta device (%s); building it on the CPU instead", label, exc)
+    return _call(factory, label, kwargs)
+
+
+def parse_kwargs(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (the CLI's ``--kw``) into factory keyword arguments.
+
+    Values are read as Python literals (``10``, ``0.1``, ``True``, ``None``,
+    ``(224, 224)``, ``'str'``); anything else is kept as a plain string.
+
+    Args:
+        items: strings of the form ``key=value``; ``key`` must be an identifier.
+
+    Returns:
+        The keyword arguments, in the order given (a later key overrides an earlier one).
+
+    Raises:
+        TargetError: an item has no ``=`` or its key is not a Python identifier.
+
+    Example:
+        >>> parse_kwargs(["num_classes=10", "drop_rate=0.1", "global_pool=avg", "img_size=(96, 96)"])
+        {'num_classes': 10, 'drop_rate': 0.1, 'global_pool': 'avg', 'img_size': (96, 96)}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise TargetError(
+                f"keyword argument {item!r} is not of the form key=value with key a Python identifier; "
+                "write it like num_classes=10 or global_pool=avg"
+            )
+        try:
+            out[key] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            out[key] = raw.strip()
+    return out
+
+
+def _factory_for(spec: str | Callable[..., nn.Module]) -> tuple[Callable[..., Any], str]:
+    """The callable behind ``spec`` and a label naming it in messages."""
+    if callable(spec):
+        return spec, getattr(spec, "__qualname__", repr(spec))
+    if not isinstance(spec, str):
+        raise TargetError(f"a target must be a callable or a spec string {SPEC_FORMS}, not {type(spec).__name__}")
+    prefix, sep, name = spec.partition(":")
+    if not sep or not prefix or not name:
+        raise TargetError(f"target {spec!r} is not a factory spec; write it as {SPEC_FORMS}")
+    if prefix == "timm":
+        return _timm_factory(name), spec
+    if prefix == "torchvision":
+        return _torchvision_factory(name), spec
+    return _import_factory(prefix, name, spec), spec
+
+
+def _timm_factory(name: str) -> Callable[..., Any]:
+    import timm
+    from timm.models import split_model_name_tag
+
+    arch, _tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        closest = _closest(arch, timm.list_models(), listing="timm.list_models()")
+        raise TargetError(f"timm has no model {arch!r}; closest: {closest}")
+
+    def create(**kwargs: Any) -> nn.Module:
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    return create
+
+
+def _torchvision_factory(name: str) -> Callable[..., Any]:
+    from torchvision import models
+
+    if name not in models.list_models():
+        closest = _closest(name, models.list_models(), listing="torchvision.models.list_models()")
+        raise TargetError(f"torchvision has no model {name!r}; closest: {closest}")
+
+    def create(**kwargs: Any) -> nn.Module:
+        return models.get_model(name, weights=None, **kwargs)
+
+    return create
+
+
+def _import_factory(module_name: str, attr_path: str, spec: str) -> Callable[..., Any]:
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and not module_name.startswith(exc.name):
+            raise  # the module exists but one of its own imports is missing: that is its bug, shown as is
+        raise TargetError(
+            f"target {spec!r}: module {module_name!r} cannot be imported; check the spelling, "
+            f"install it, or add its folder to PYTHONPATH (accepted forms: {SPEC_FORMS})"
+        ) from exc
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            owner = getattr(obj, "__name__", module_name)
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise TargetError(
+                f"target {spec!r}: {owner!r} has no attribute {part!r}; "
+                f"closest: {_closest(part, names, listing=f'dir({owner})')}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TargetError(f"target {spec!r} names a {type(obj).__name__}, not a callable that returns an nn.Module")
+    return obj
+
+
+def _call(factory: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        if not kwargs:
+            raise TargetError(f"target {label!r} failed to build: {exc}") from exc
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise TargetError(
+            f"target {label!r} rejected the keyword arguments {given}: {exc}; drop or rename them"
+        ) from exc
+    except (NotImplementedError, RuntimeError) as exc:
+        if "meta" in str(exc) and torch.get_default_device().type == "meta":
+            raise  # build_target retries on the CPU
+        raise TargetError(f"target {label!r} failed to build: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise TargetError(
+            f"target {label!r} failed to build: {type(exc).__name__}: {exc}; fix the factory or its arguments"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"target {label!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _closest(name: str, choices: Sequence[str], *, listing: str) -> str:
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+    return ", ".join(close) if close else f"none close (list them with {listing})"

@@ -1,0 +1,298 @@
+"""Make a :class:`Plan` from metadata: run the strategies in order, then decide each key.
+
+Strategies run in this order, each on the keys still open:
+
+1. ``explicit``  the user's ``{target_key: source_key}`` map
+2. ``rename``    the user's regex rules, then an exact match
+3. ``exact``     same name
+4. ``prefix``    a wrapper prefix stripped or added, per subtree
+5. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
+6. ``suffix``    the longest common suffix of whole components
+7. ``structure`` module-tree alignment, for checkpoints from another library
+
+The planner then decides each target key: a same-shaped match loads; a shape
+mismatch follows ``on_mismatch``; an unmatched key is initialized, with the
+reason (no candidate, ambiguous, shape mismatch).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from weightsurgery.errors import PlanError, ShapeMismatchError
+from weightsurgery.match.base import Match, MatchContext, Strategy
+from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
+from weightsurgery.match.plan import Action, Plan, PlanEntry
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.sources.checkpoint import TensorMeta
+
+__all__ = ["STRATEGIES", "MismatchPolicy", "PlanOptions", "make_plan"]
+
+logger = logging.getLogger(__name__)
+
+MismatchPolicy = Literal["init", "adapt", "error"]
+
+#: Built-in strategies by name, in the order they run. Optional ones are imported lazily.
+STRATEGIES: tuple[str, ...] = ("explicit", "rename", "exact", "prefix", "fused", "suffix", "structure")
+
+_OPTIONAL: dict[str, tuple[str, str]] = {
+    "fused": ("weightsurgery.match.fused", "match_fused"),
+    "suffix": ("weightsurgery.match.suffix", "match_suffix"),
+    "structure": ("weightsurgery.match.structure", "match_structure"),
+}
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Everything the planner takes besides the two sides.
+
+    Attributes:
+        rename: regex rules ``[(pattern, replacement), ...]`` applied in order to
+            source keys, or an exact ``{target_key: source_key}`` map.
+        strategies: the strategy names to run (default: all), in the fixed order.
+        on_mismatch: what a name match of different shape does: ``"init"``,
+            ``"adapt"`` (run an adapter whose conditions hold, else init), ``"error"``.
+        adapt: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
+        classes: a class subset/reorder for the classifier head (indices or label names).
+        source_labels: the source's class names, when its metadata lacks them.
+        exclude: target-key patterns (globs, or regexes prefixed ``re:``) that are
+            never loaded: they go to the fallback init, with the rule as the reason.
+    """
+
+    rename: Sequence[tuple[str, str]] | Mapping[str, str] | None = None
+    strategies: Sequence[str] | None = None
+    on_mismatch: MismatchPolicy = "init"
+    adapt: Sequence[Any] = ()
+    classes: Sequence[int | str] | None = None
+    source_labels: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+    extra_strategies: Sequence[Strategy] = field(default_factory=tuple)
+
+
+def _strategy_list(options: PlanOptions) -> list[tuple[str, Strategy]]:
+    names = list(options.strategies) if options.strategies is not None else list(STRATEGIES)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise PlanError(f"unknown strategies {unknown}; valid strategies are: {', '.join(STRATEGIES)}")
+    if options.on_mismatch not in ("init", "adapt", "error"):
+        raise PlanError(f"on_mismatch={options.on_mismatch!r}; valid values are 'init', 'adapt', 'error'")
+    out: list[tuple[str, Strategy]] = []
+    rename = options.rename
+    for name in STRATEGIES:
+        if name not in names:
+            continue
+        if name == "explicit" and isinstance(rename, Mapping) and rename:
+            out.append((name, explicit_strategy(rename)))
+        elif name == "rename" and rename and not isinstance(rename, Mapping):
+            out.append((name, rename_strategy(compile_rename(rename))))
+        elif name == "exact":
+            out.append((name, match_exact))
+        elif name == "prefix":
+            out.append((name, match_prefix))
+        elif name in _OPTIONAL:
+            module, attr = _OPTIONAL[name]
+            try:
+                out.append((name, getattr(importlib.import_module(module), attr)))
+            except (ImportError, AttributeError):  # a strategy not built into this install
+                logger.debug("strategy %s unavailable", name)
+    out += [(getattr(s, "__name__", "custom"), s) for s in options.extra_strategies]
+    return out
+
+
+def make_plan(
+    source: Mapping[str, TensorMeta],
+    target: TargetSpec,
+    options: PlanOptions | None = None,
+    *,
+    source_metadata: Mapping[str, Any] | None = None,
+    source_name: str = "",
+) -> Plan:
+    """Match ``source`` keys to ``target`` keys and decide each target key.
+
+    Args:
+        source: source key -> shape/dtype (a ``Checkpoint.metas``).
+        target: the target description.
+        options: strategies, rename rules, mismatch policy, adapters.
+        source_metadata: the checkpoint's metadata (label names, classifier...).
+        source_name: a description of the source, kept on the plan.
+
+    Returns:
+        A :class:`Plan` with one entry per target key, aliases included.
+
+    Raises:
+        PlanError: bad options, or an explicit map naming keys that do not exist.
+        ShapeMismatchError: ``on_mismatch="error"`` and a name match differs in shape;
+            every such key is listed.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from weightsurgery.match.target import TargetSpec
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> src = {"module.0.weight": TensorMeta((3, 2), torch.float32), "module.0.bias": TensorMeta((3,), torch.float32)}
+        >>> plan = make_plan(src, TargetSpec.from_module(nn.Sequential(nn.Linear(2, 3))))
+        >>> plan.mapping
+        {'0.weight': 'module.0.weight', '0.bias': 'module.0.bias'}
+    """
+    options = options or PlanOptions()
+    metadata = dict(source_metadata or {})
+    ctx = MatchContext(
+        source=source,
+        target=target,
+        open_targets=list(target.tensors),
+        open_sources=list(source),
+        source_metadata=metadata,
+    )
+    decided: dict[str, PlanEntry] = {}
+    reasons: dict[str, str] = {}
+    mismatches: list[str] = []
+    decide = _Decider(source, target, options, metadata)
+    for key, pattern in _excluded(target, options.exclude).items():
+        decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
+    ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
+
+    for _name, strategy in _strategy_list(options):
+        if not ctx.open_targets:
+            break
+        result = strategy(ctx)
+        open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
+        for m in result.matches:
+            srcs = m.sources or (m.source,)
+            if m.target not in open_t or any(s not in source for s in srcs):
+                continue  # a strategy may not claim a decided key or invent a source
+            if m.adapter is None and m.source not in open_s:
+                continue
+            entry = decide(m)
+            if entry.action is Action.INIT and entry.source_shape is not None and options.on_mismatch == "error":
+                mismatches.append(entry.evidence)
+            decided[m.target] = entry
+            open_t.discard(m.target)
+            open_s.difference_update(srcs)
+        for a in result.abstentions:
+            if a.target in open_t:
+                reasons[a.target] = a.reason
+        ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
+        ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
+
+    if mismatches:
+        raise ShapeMismatchError(
+            "shapes differ for matched keys (on_mismatch='error'); pass on_mismatch='init' to initialize them "
+            "or on_mismatch='adapt' to reshape where an adapter applies:\n  " + "\n  ".join(mismatches),
+            problems=mismatches,
+        )
+
+    entries: dict[str, PlanEntry] = {}
+    for key in target.tensors:
+        entries[key] = decided.get(key) or PlanEntry(
+            key, Action.INIT, evidence=reasons.get(key, "no candidate in the source")
+        )
+    for alias, canonical in target.aliases.items():
+        entries[alias] = PlanEntry(alias, Action.TIED, alias_of=canonical, evidence=f"tied to {canonical}")
+    used = {s for e in entries.values() if e.action in (Action.LOAD, Action.ADAPT) for s in e.source_keys}
+    unused = tuple(k for k in source if k not in used)
+    return Plan(entries, unused, source_name)
+
+
+def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:
+    """Target key -> the first exclude pattern that selects it."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append((p, re.compile(p[3:]) if p.startswith("re:") else None))
+        except re.error as exc:
+            raise PlanError(f"exclude pattern {p!r} is not a valid regex ({exc})") from exc
+    out: dict[str, str] = {}
+    for key in target.tensors:
+        for p, rx in compiled:
+            if (rx.search(key) if rx else fnmatch.fnmatchcase(key, p)):
+                out[key] = p
+                break
+    return out
+
+
+class _Decider:
+    """Turns a strategy's match into a plan entry, applying the shape-mismatch policy."""
+
+    def __init__(
+        self,
+        source: Mapping[str, TensorMeta],
+        target: TargetSpec,
+        options: PlanOptions,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        self.source, self.target, self.options, self.metadata = source, target, options, metadata
+        self._adapt_ctx: Any = None
+        self._rules: list[Any] | None = None
+
+    def __call__(self, m: Match) -> PlanEntry:
+        tshape = self.target.tensors[m.target].shape
+        sshape = self.source[m.source].shape
+        base = dict(target=m.target, source=m.source, sources=tuple(m.sources), strategy=m.strategy)
+        if m.adapter is not None:
+            return PlanEntry(
+                **base, action=Action.ADAPT, evidence=m.evidence, adapter=m.adapter,
+                adapter_args=dict(m.adapter_args), source_shape=sshape,
+            )
+        rule = self._explicit_rule(m)
+        if rule is not None:
+            return rule
+        if sshape == tshape:
+            return PlanEntry(**base, action=Action.LOAD, evidence=m.evidence, source_shape=sshape)
+        why = f"shape mismatch: {m.target} {_fmt(tshape)} vs source {m.source} {_fmt(sshape)}"
+        if self.options.on_mismatch == "adapt":
+            proposal = self._propose(m)
+            if isinstance(proposal, tuple):
+                name, args = proposal
+                return PlanEntry(
+                    **base, action=Action.ADAPT, evidence=f"{m.evidence}; {why}".strip("; "),
+                    adapter=name, adapter_args=dict(args), source_shape=sshape,
+                )
+            why = f"{why}; no adapter applies: {proposal}"
+        return PlanEntry(m.target, Action.INIT, source=None, strategy=m.strategy, evidence=why, source_shape=sshape)
+
+    # --- adapters (weightsurgery.adapt), imported only when used ---------------------------------
+
+    def _context(self) -> Any:
+        if self._adapt_ctx is None:
+            from weightsurgery.adapt import AdaptContext
+
+            self._adapt_ctx = AdaptContext(
+                target=self.target,
+                source=self.source,
+                source_metadata=self.metadata,
+                classes=self.options.classes,
+                source_labels=self.options.source_labels,
+            )
+        return self._adapt_ctx
+
+    def _propose(self, m: Match) -> tuple[str, dict[str, Any]] | str:
+        from weightsurgery.adapt import propose_adapter
+
+        return propose_adapter(m.target, m.source, self._context())
+
+    def _explicit_rule(self, m: Match) -> PlanEntry | None:
+        if not self.options.adapt:
+            return None
+        from weightsurgery.adapt import match_rule
+
+        hit = match_rule(self.options.adapt, m.target, m.source, self._context())
+        if hit is None:
+            return None
+        name, args, sources = hit
+        return PlanEntry(
+            target=m.target, action=Action.ADAPT, source=sources[0], sources=tuple(sources) if len(sources) > 1 else (),
+            strategy=m.strategy, evidence=f"{m.evidence}; adapt rule {name}".strip("; "), adapter=name,
+            adapter_args=dict(args), source_shape=self.source[sources[0]].shape,
+        )
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"

@@ -1,0 +1,302 @@
+"""Structural alignment: match modules by their place in the network when names do not line up.
+
+For checkpoints from another library (``_blocks.7._depthwise_conv`` against
+``blocks.2.1.conv_dw``), names say little; shapes in order say a lot. This
+strategy:
+
+1. groups each side's open tensors by owning module and gives every module a
+   leaf-name-blind *signature* (shapes and dtype kinds);
+2. aligns the two module sequences in order by dynamic programming
+   (:mod:`~weightsurgery.match.structure_align`), gaps allowed on both sides,
+   so inserted and removed modules, new heads, extra blocks and backbone
+   slices cost nothing; name similarity (:mod:`~weightsurgery.match.tokens`)
+   only breaks ties between alignments of equal structure;
+3. keeps a module pair only if *every* optimal alignment makes it, and it sits
+   in a run of at least :data:`MIN_RUN` consecutive aligned modules (an anchor);
+4. pairs same-signature siblings whose order tells nothing (``q``, ``k``,
+   ``v``) by names, or not at all;
+5. matches a leftover module whose signature is unique on both sides, if it is
+   a weight of two or more dimensions or the names agree (a rebuilt-order
+   checkpoint puts ``conv_stem`` after ``blocks``);
+6. loads nothing unless the two sides are clearly related: at least
+   :data:`MIN_COVERAGE` of the smaller side explained, with an anchor run,
+   prior name matches, or every open module explained.
+
+What it cannot tell apart it leaves open, with an
+:class:`~weightsurgery.match.base.Abstain` naming the candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
+from weightsurgery.match.order import looks_sorted
+from weightsurgery.match.structure_align import align
+from weightsurgery.match.structure_groups import Group, build_groups, describe, sequence
+from weightsurgery.match.structure_leaves import counterpart, pair_leaves
+from weightsurgery.match.structure_siblings import resolve_siblings
+from weightsurgery.match.tokens import index_agreement, name_similarity
+
+__all__ = ["MIN_COVERAGE", "MIN_RUN", "match_structure"]
+
+logger = logging.getLogger(__name__)
+
+STRATEGY = "structure"
+
+#: Consecutive aligned modules that anchor an alignment.
+MIN_RUN = 3
+
+#: The fraction of the smaller side that must be explained before anything loads.
+MIN_COVERAGE = 0.5
+
+_NAME_SCALE = 64  # name evidence per pair, in integer units (< one structural unit in total)
+
+
+@dataclass
+class _Pair:
+    t: Group
+    s: Group
+    evidence: str
+    anchored: bool = False  # in a run of aligned neighbours (not a lone unique module)
+
+
+@dataclass
+class _Outcome:
+    """Module pairs accepted so far and the reasons for the ones refused."""
+
+    accepted: list[_Pair]
+    abstentions: list[Abstain]
+    settled_t: set[int]  # target groups accepted or reported ambiguous
+    settled_s: set[int]
+    tied: dict[int, list[Abstain]] = field(default_factory=dict)  # alignment ties, unless a unique signature settles them
+
+
+def match_structure(ctx: MatchContext) -> StrategyResult:
+    """Align the open modules of both sides by structure and claim the certain pairs.
+
+    Args:
+        ctx: the keys still open, with shapes; the target's module paths.
+
+    Returns:
+        Matches (strategy ``"structure"``) with their evidence, and abstentions
+        naming the candidates of every module left open that had some.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from weightsurgery.match.base import MatchContext
+        >>> from weightsurgery.match.target import TargetSpec
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> net = lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+        >>> target = TargetSpec.from_module(net())
+        >>> source = {f"stage.{k}": TensorMeta.of(v) for k, v in net().state_dict().items()}
+        >>> ctx = MatchContext(source, target, list(target.tensors), list(source))
+        >>> result = match_structure(ctx)
+        >>> len(result.matches) == len(target.tensors), result.matches[0].source
+        (True, 'stage.0.weight')
+    """
+    spec = ctx.target.tensors
+    t_all = build_groups(ctx.open_targets, ctx.target.metas(), lambda k: (spec[k].module, spec[k].name))
+    s_all = build_groups(ctx.open_sources, ctx.source, _source_owner)
+    if not t_all or not s_all:
+        return StrategyResult()
+    t_trusted, s_trusted = not looks_sorted(list(spec)), not looks_sorted(list(ctx.source))
+    canonical = not (t_trusted and s_trusted)
+    ts = sequence(t_all, trusted=t_trusted, canonical=canonical)
+    ss = sequence(s_all, trusted=s_trusted, canonical=canonical)
+
+    outcome = _align(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted, canonical=canonical)
+    outcome.accepted += _residual(ts, ss, outcome)
+    for index, refusals in outcome.tied.items():
+        if index not in outcome.settled_t:
+            outcome.abstentions += refusals
+            outcome.settled_t.add(index)
+    outcome.abstentions += _unconfirmed(ts, ss, outcome)
+    matches = _tensor_matches(outcome)
+
+    if not _related(ctx, matches, outcome.accepted, ts, ss):
+        logger.info("structure: source and target look unrelated (%d of %d target tensors aligned)", len(matches), len(spec))
+        reason = (
+            f"unrelated: structural alignment explains too little of the smaller side (under {MIN_COVERAGE:.0%}) "
+            "to trust the pairing with {source}; map it explicitly with rename= if it is right"
+        )
+        refused = [Abstain(m.target, reason.format(source=m.source), (m.source,), STRATEGY) for m in matches]
+        return StrategyResult((), refused + outcome.abstentions)
+    order = {k: n for n, k in enumerate(ctx.open_targets)}
+    matches.sort(key=lambda m: order[m.target])
+    logger.debug("structure: %d matches, %d abstentions", len(matches), len(outcome.abstentions))
+    return StrategyResult(matches, outcome.abstentions)
+
+
+def _align(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trusted: bool, canonical: bool) -> _Outcome:
+    """Pairs every optimal alignment agrees on, siblings sorted out, anchors marked."""
+    alignment = align(_weights(ts, ss))
+    certain = {i: j for i in range(len(ts)) if (j := alignment.certain(i)) is not None}
+    runs = _run_lengths(certain)
+    whole = len(certain) == len(ts) == len(ss)
+    pairs: list[_Pair] = []
+    for i, j in certain.items():
+        span = "aligning every open module" if whole else f"in a run of {runs[i]} aligned modules"
+        evidence = f"aligned module {_p(ss[j].path)} <-> {_p(ts[i].path)} ({describe(ts[i].signature)}) {span}"
+        pairs.append(_Pair(ts[i], ss[j], evidence, runs[i] >= MIN_RUN or whole))
+
+    siblings = resolve_siblings(
+        [(p.t, p.s) for p in pairs], ts, ss, t_trusted=t_trusted, s_trusted=s_trusted, by_bag=canonical
+    )
+    kept = [pairs[n] for n in siblings.kept]
+    for t, s, members in siblings.named:
+        among = ", ".join(_p(pairs[n].s.path) for n in members)
+        evidence = f"aligned module {_p(s.path)} <-> {_p(t.path)} ({describe(t.signature)}); names pick it among {among}"
+        kept.append(_Pair(t, s, evidence, all(pairs[n].anchored for n in members)))
+    outcome = _Outcome([p for p in kept if p.anchored], [], set(), set())
+    for t_set, s_set in siblings.contested:
+        outcome.abstentions += _abstain_groups(
+            t_set,
+            s_set,
+            f"ambiguous: same-shaped modules {', '.join(_p(g.path) for g in t_set)} and "
+            f"{', '.join(_p(g.path) for g in s_set)} sit in no telling order and their names do not pair them",
+        )
+        outcome.settled_t.update(g.index for g in t_set)
+        outcome.settled_s.update(g.index for g in s_set)
+    outcome.settled_t.update(p.t.index for p in outcome.accepted)
+    outcome.settled_s.update(p.s.index for p in outcome.accepted)
+    for i, t in enumerate(ts):
+        if i not in certain and alignment.partners[i] and t.index not in outcome.settled_t:
+            rivals = [ss[j] for j in alignment.partners[i]]
+            outcome.tied[t.index] = _abstain_groups(
+                [t],
+                rivals,
+                f"ambiguous: module {_p(t.path)} ({describe(t.signature)}) aligns equally well with "
+                f"{', '.join(_p(g.path) for g in rivals)}" + (" or with nothing" if alignment.gap[i] else ""),
+            )
+    return outcome
+
+
+def _tensor_matches(outcome: _Outcome) -> list[Match]:
+    """One match per tensor of every accepted module pair whose tensors pair up unambiguously."""
+    matches: list[Match] = []
+    for p in outcome.accepted:
+        leaves = pair_leaves(p.t, p.s)
+        if isinstance(leaves, str):
+            reason = f"ambiguous tensors in {_p(p.t.path)} <-> {_p(p.s.path)}: {leaves}"
+            outcome.abstentions += _abstain_groups([p.t], [p.s], reason)
+            continue
+        for t_key, s_key, renamed in leaves:
+            matches.append(Match(t_key, s_key, STRATEGY, p.evidence + (f"; {renamed}" if renamed else "")))
+    return matches
+
+
+def _source_owner(key: str) -> tuple[str, str]:
+    module, _, leaf = key.rpartition(".")
+    return module, leaf
+
+
+def _p(path: str) -> str:
+    return path or "(root)"
+
+
+def _weights(ts: Sequence[Group], ss: Sequence[Group]) -> torch.Tensor:
+    """Pair scores: structure (tensors aligned) first, name evidence as a tie-breaker below one unit."""
+    unit = _NAME_SCALE * min(len(ts), len(ss)) + 1
+    by_sig: dict[object, list[int]] = {}
+    for j, s in enumerate(ss):
+        by_sig.setdefault(s.signature, []).append(j)
+    rows, cols, vals = [], [], []
+    for i, t in enumerate(ts):
+        for j in by_sig.get(t.signature, ()):
+            path = ss[j].path
+            names = 0.75 * name_similarity(t.path, path) + 0.25 * index_agreement(t.path, path)
+            rows.append(i)
+            cols.append(j)
+            vals.append(len(t.signature) * unit + round((_NAME_SCALE - 1) * names))
+    weights = torch.full((len(ts), len(ss)), -1, dtype=torch.int64)
+    if rows:
+        weights[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(vals, dtype=torch.int64)
+    return weights
+
+
+def _run_lengths(pairs: dict[int, int]) -> dict[int, int]:
+    """Row -> length of the run of consecutive aligned pairs it belongs to."""
+    out: dict[int, int] = {}
+    run: list[int] = []
+    for i in sorted(pairs):
+        if run and not (i == run[-1] + 1 and pairs[i] == pairs[run[-1]] + 1):
+            out.update(dict.fromkeys(run, len(run)))
+            run = []
+        run.append(i)
+    out.update(dict.fromkeys(run, len(run)))
+    return out
+
+
+def _residual(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> list[_Pair]:
+    """Leftover modules whose signature is unique on both sides, when shape or names make it telling."""
+    left_t = [t for t in ts if t.index not in outcome.settled_t]
+    left_s = [s for s in ss if s.index not in outcome.settled_s]
+    count_t = Counter(t.signature for t in left_t)
+    count_s = Counter(s.signature for s in left_s)
+    by_sig = {s.signature: s for s in left_s}
+    out: list[_Pair] = []
+    for t in left_t:
+        if count_t[t.signature] != 1 or count_s[t.signature] != 1:
+            continue
+        s = by_sig[t.signature]
+        if t.distinctive:
+            why = "a weight no other module has"
+        elif name_similarity(t.path.rpartition(".")[2], s.path.rpartition(".")[2]) == 1.0:
+            why = "names agree"
+        else:
+            continue
+        evidence = f"only module left with signature {describe(t.signature)} on both sides: {_p(s.path)} <-> {_p(t.path)} ({why})"
+        out.append(_Pair(t, s, evidence))
+        outcome.settled_t.add(t.index)
+        outcome.settled_s.add(s.index)
+    return out
+
+
+def _unconfirmed(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> list[Abstain]:
+    """Reasons for the modules left open that had same-signature candidates."""
+    free: dict[object, list[Group]] = {}
+    for s in ss:
+        if s.index not in outcome.settled_s:
+            free.setdefault(s.signature, []).append(s)
+    out: list[Abstain] = []
+    for t in ts:
+        rivals = free.get(t.signature)
+        if t.index in outcome.settled_t or not rivals:
+            continue
+        out += _abstain_groups(
+            [t],
+            rivals,
+            f"unconfirmed: module {_p(t.path)} ({describe(t.signature)}) has the signature of "
+            f"{', '.join(_p(g.path) for g in rivals[:4])}{' ...' if len(rivals) > 4 else ''}, but no run of aligned "
+            "neighbours, unique weight shape or name confirms a pairing",
+        )
+    return out
+
+
+def _related(
+    ctx: MatchContext, matches: Sequence[Match], accepted: Sequence[_Pair], ts: Sequence[Group], ss: Sequence[Group]
+) -> bool:
+    """Whether enough is explained to trust any of it (unrelated pairs collapse here)."""
+    smaller = min(len(ctx.target.tensors), len(ctx.source))
+    claimed = len(ctx.target.tensors) - len(ctx.open_targets)
+    if smaller == 0 or (claimed + len(matches)) / smaller < MIN_COVERAGE:
+        return False
+    anchored = any(p.anchored for p in accepted)
+    explained = len(accepted) == min(len(ts), len(ss))
+    return anchored or claimed / smaller >= MIN_COVERAGE or explained
+
+
+def _abstain_groups(t_set: Sequence[Group], s_set: Sequence[Group], reason: str) -> list[Abstain]:
+    out = []
+    for t in t_set:
+        for leaf, key in {**t.leaves, **t.counters}.items():
+            candidates = tuple(c for s in s_set if (c := counterpart(leaf, t, s)) is not None)
+            out.append(Abstain(key, f"{reason}; map {key} explicitly with rename= if you know the source", candidates, STRATEGY))
+    return out

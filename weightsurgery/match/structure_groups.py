@@ -1,0 +1,219 @@
+"""Modules as the unit of structural alignment: groups, signatures, order, cliques.
+
+A *group* is the open tensors one module owns (for the source: the keys that
+share everything but their last component). Its *signature* is the sorted
+multiset of its tensors' shapes and dtype kinds, blind to leaf names, so that
+``weight``/``bias`` and ``gamma``/``beta`` look alike. Scalar integer counters
+(``num_batches_tracked``) are kept out of signatures: some checkpoints drop them.
+
+A side's groups come in module order when its keys are (a ``torch.save`` state
+dict, a live model). When the keys are sorted (a safetensors file), the order is
+rebuilt from names (:func:`~weightsurgery.match.order.natural_order`), and
+within each *bag* (the modules under one numbered container, such as
+``blocks.7``) the order of differently named siblings is unknown. Then both
+sides list each bag's groups by signature, so the same modules line up whatever
+their names.
+
+A *clique* is a set of same-signature groups in one parent (or one bag, when
+order was rebuilt). Whether their order can pair them is decided by
+:func:`clique_ordered`: names that differ only in numbers (``bn0``, ``bn1``)
+order them; so does a module between them in a trusted order. Otherwise
+(``query``, ``key``, ``value``) only names can pair them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from weightsurgery.match.order import leaf_rank, natural_key
+from weightsurgery.match.tokens import alpha_stem
+from weightsurgery.sources.checkpoint import TensorMeta
+
+__all__ = ["Group", "Signature", "build_groups", "clique_ordered", "cliques", "describe", "sequence"]
+
+Signature = tuple[tuple[tuple[int, ...], str], ...]
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "float"
+    return "bool" if dtype == torch.bool else "int"
+
+
+def _is_counter(meta: TensorMeta) -> bool:
+    return len(meta.shape) == 0 and not meta.dtype.is_floating_point
+
+
+@dataclass
+class Group:
+    """The open tensors of one module on one side.
+
+    Attributes:
+        path: the module path (``""`` for the root).
+        leaves: tensor name -> full key, counters excluded, in canonical leaf order.
+        counters: scalar integer tensors (``num_batches_tracked``) -> full key.
+        signature: sorted ``(shape, dtype kind)`` of ``leaves``.
+        index: position among the side's groups in the order they were listed.
+    """
+
+    path: str
+    leaves: dict[str, str]
+    counters: dict[str, str]
+    signature: Signature
+    index: int
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str:
+        return self.path.rpartition(".")[0]
+
+    @property
+    def bag(self) -> str:
+        """The parent path cut after its last numeric component: the numbered container this module sits in."""
+        parts = self.parent.split(".") if self.parent else []
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].isdigit():
+                return ".".join(parts[: i + 1])
+        return ""
+
+    @property
+    def size(self) -> int:
+        return len(self.leaves) + len(self.counters)
+
+    @property
+    def distinctive(self) -> bool:
+        """Holds a tensor of two or more dimensions (not just a norm's vectors)."""
+        return any(len(shape) >= 2 for shape, _ in self.signature)
+
+
+def build_groups(
+    keys: Iterable[str],
+    metas: Mapping[str, TensorMeta],
+    owner: Callable[[str], tuple[str, str]],
+) -> list[Group]:
+    """Group ``keys`` by owning module, in order of first appearance.
+
+    Args:
+        keys: the open keys of one side, in that side's order.
+        metas: key -> shape and dtype.
+        owner: key -> ``(module path, tensor name)``.
+
+    Returns:
+        One :class:`Group` per module holding at least one non-counter tensor.
+
+    Example:
+        >>> import torch
+        >>> m = {"fc.weight": TensorMeta((2, 3), torch.float32), "fc.bias": TensorMeta((2,), torch.float32)}
+        >>> [(g.path, g.signature) for g in build_groups(m, m, lambda k: tuple(k.rsplit(".", 1)))]
+        [('fc', (((2,), 'float'), ((2, 3), 'float')))]
+    """
+    members: dict[str, list[tuple[str, str]]] = {}
+    for key in keys:
+        module, leaf = owner(key)
+        members.setdefault(module, []).append((leaf, key))
+    groups: list[Group] = []
+    for module, items in members.items():
+        items.sort(key=lambda item: leaf_rank(item[0]))
+        leaves = {leaf: key for leaf, key in items if not _is_counter(metas[key])}
+        if not leaves:
+            continue
+        counters = {leaf: key for leaf, key in items if _is_counter(metas[key])}
+        signature = tuple(sorted((tuple(metas[k].shape), _kind(metas[k].dtype)) for k in leaves.values()))
+        shapes = {leaf: tuple(metas[k].shape) for leaf, k in leaves.items()}
+        groups.append(Group(module, leaves, counters, signature, len(groups), shapes))
+    return groups
+
+
+def sequence(groups: Sequence[Group], *, trusted: bool, canonical: bool) -> list[Group]:
+    """The order alignment runs in.
+
+    Args:
+        groups: one side's groups in listed order.
+        trusted: the listed order is module order.
+        canonical: list each bag's groups by signature (when either side's order
+            was rebuilt from names).
+
+    Returns:
+        The groups in alignment order.
+
+    Example:
+        >>> import torch
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> m = {"b.10.w": f(2), "b.9.w": f(3), "b.9.v": f(1)}
+        >>> [g.path for g in sequence(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))), trusted=False, canonical=False)]
+        ['b.9', 'b.10']
+    """
+    ordered = list(groups) if trusted else sorted(groups, key=lambda g: natural_key(g.path))
+    if not canonical:
+        return ordered
+    position = {id(g): i for i, g in enumerate(ordered)}
+    out: list[Group] = []
+    for _bag, run in itertools.groupby(ordered, key=lambda g: g.bag):
+        out += sorted(run, key=lambda g: (g.signature, position[id(g)]))
+    return out
+
+
+def cliques(groups: Sequence[Group], *, by_bag: bool) -> dict[int, list[Group]]:
+    """Same-signature groups that share a parent (or a bag): group index -> its clique.
+
+    Only cliques of two or more are returned.
+
+    Example:
+        >>> import torch
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> m = {"attn.q.weight": f(4, 4), "attn.k.weight": f(4, 4), "attn.o.weight": f(2, 4)}
+        >>> found = cliques(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))), by_bag=False)
+        >>> sorted(g.path for g in found[0])
+        ['attn.k', 'attn.q']
+    """
+    sets: dict[tuple[str, Signature], list[Group]] = defaultdict(list)
+    for g in groups:
+        sets[(g.bag if by_bag else g.parent, g.signature)].append(g)
+    return {g.index: members for members in sets.values() if len(members) > 1 for g in members}
+
+
+def clique_ordered(members: Sequence[Group], *, trusted: bool) -> bool:
+    """Whether a clique's order says which member is which.
+
+    Names that differ only in their numbers (``bn0``/``bn1``, ``0``/``1``) are
+    ordered by those numbers. In a trusted module order, members that each have
+    another module between them are ordered by position (``bn1``, ``conv_dw``,
+    ``bn2``). Adjacent members with unrelated names (``q``, ``k``, ``v``) are not.
+
+    Example:
+        >>> import torch
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> m = {"attn.q.weight": f(4, 4), "attn.k.weight": f(4, 4)}
+        >>> clique_ordered(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))), trusted=True)
+        False
+    """
+    if len({alpha_stem(g.path) for g in members}) == 1:
+        return True
+    if not trusted:
+        return False
+    positions = sorted(g.index for g in members)
+    return all(b - a > 1 for a, b in zip(positions, positions[1:]))
+
+
+def describe(signature: Signature) -> str:
+    """A short text for a signature: ``(96,16,1,1)`` or ``4x(96,)`` or ``(10,32)+(10,)``.
+
+    Example:
+        >>> describe(((((8,), "float"),) * 4))
+        '4x(8,)'
+    """
+    counts: dict[tuple[int, ...], int] = {}
+    for shape, _ in sorted(signature, key=lambda s: (-len(s[0]), s[0])):
+        counts[shape] = counts.get(shape, 0) + 1
+    parts = []
+    for shape, n in counts.items():
+        text = "(" + ",".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+        parts.append(f"{n}x{text}" if n > 1 else text)
+    return "+".join(parts)

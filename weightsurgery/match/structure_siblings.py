@@ -1,0 +1,155 @@
+"""Same-shaped siblings: when alignment order cannot say which is which, only names may.
+
+An alignment pairs modules in order. Among same-signature siblings that order
+means nothing when it carries no evidence (``q``, ``k``, ``v`` side by side;
+any siblings of a checkpoint whose order was rebuilt from sorted names), or when
+the two sides hold different numbers of them. Such aligned pairs are pooled per
+sibling set and re-paired by names: a pair is kept only when each is the
+other's strictly best-named candidate (``q`` and ``query``). The rest are
+*contested* and left for the caller to report as ambiguous.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from weightsurgery.match.structure_groups import Group, clique_ordered, cliques
+from weightsurgery.match.tokens import name_similarity
+
+__all__ = ["SiblingResolution", "resolve_siblings"]
+
+_Key = tuple[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class SiblingResolution:
+    """What became of the aligned pairs.
+
+    Attributes:
+        kept: indices of the pairs whose alignment order is evidence enough.
+        named: ``(target, source, pair indices of its sibling set)`` chosen by names.
+        contested: ``(targets, sources)`` sibling sets nothing tells apart.
+    """
+
+    kept: tuple[int, ...]
+    named: tuple[tuple[Group, Group, tuple[int, ...]], ...]
+    contested: tuple[tuple[tuple[Group, ...], tuple[Group, ...]], ...]
+
+
+def resolve_siblings(
+    pairs: Sequence[tuple[Group, Group]],
+    ts: Sequence[Group],
+    ss: Sequence[Group],
+    *,
+    t_trusted: bool,
+    s_trusted: bool,
+    by_bag: bool,
+) -> SiblingResolution:
+    """Check each aligned pair against its sibling sets; re-pair the doubtful ones by names.
+
+    Args:
+        pairs: aligned ``(target group, source group)`` pairs.
+        ts: every open target group.
+        ss: every open source group.
+        t_trusted: the target's listed order is module order.
+        s_trusted: the source's listed order is module order.
+        by_bag: siblings are counted per numbered container (order rebuilt from
+            names) rather than per parent module.
+
+    Returns:
+        The pairs kept, re-paired and contested.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> w = TensorMeta((4, 4), torch.float32)
+        >>> split = lambda k: tuple(k.rsplit(".", 1))
+        >>> ts = build_groups(["attn.q.weight", "attn.k.weight"], {"attn.q.weight": w, "attn.k.weight": w}, split)
+        >>> ss = build_groups(["att.key.weight", "att.query.weight"], {"att.key.weight": w, "att.query.weight": w}, split)
+        >>> res = resolve_siblings(list(zip(ts, ss)), ts, ss, t_trusted=True, s_trusted=False, by_bag=True)
+        >>> [(t.path, s.path) for t, s, _ in res.named]
+        [('attn.q', 'att.query'), ('attn.k', 'att.key')]
+    """
+    t_cl, s_cl = cliques(ts, by_bag=by_bag), cliques(ss, by_bag=by_bag)
+    link: dict[_Key, _Key] = {}
+
+    def find(key: _Key) -> _Key:
+        while link.setdefault(key, key) != key:
+            key = link[key]
+        return key
+
+    kept: list[int] = []
+    flagged: dict[int, _Key] = {}
+    for n, (t, s) in enumerate(pairs):
+        tc, sc = t_cl.get(t.index), s_cl.get(s.index)
+        doubtful = (
+            (tc is not None and not clique_ordered(tc, trusted=t_trusted))
+            or (sc is not None and not clique_ordered(sc, trusted=s_trusted))
+            or (by_bag and len(tc or (t,)) != len(sc or (s,)))
+        )
+        keys = [("t", _ids(tc)) if tc else None, ("s", _ids(sc)) if sc else None]
+        present = [k for k in keys if k is not None]
+        if not doubtful or not present:
+            kept.append(n)
+            continue
+        flagged[n] = present[0]
+        for k in present[1:]:
+            link[find(k)] = find(present[0])
+
+    taken_t = {pairs[n][0].index for n in kept}
+    taken_s = {pairs[n][1].index for n in kept}
+    components: dict[_Key, list[int]] = defaultdict(list)
+    for n, key in flagged.items():
+        components[find(key)].append(n)
+    named: list[tuple[Group, Group, tuple[int, ...]]] = []
+    contested: list[tuple[tuple[Group, ...], tuple[Group, ...]]] = []
+    for members in components.values():
+        t_set = _pool((pairs[n][0] for n in members), t_cl, taken_t)
+        s_set = _pool((pairs[n][1] for n in members), s_cl, taken_s)
+        chosen = _mutual_best(t_set, s_set)
+        named += [(t, s, tuple(members)) for t, s in chosen]
+        paired_t = {t.index for t, _ in chosen}
+        paired_s = {s.index for _, s in chosen}
+        rest_t = tuple(t for t in t_set if t.index not in paired_t)
+        rest_s = tuple(s for s in s_set if s.index not in paired_s)
+        if rest_t and rest_s:
+            contested.append((rest_t, rest_s))
+    return SiblingResolution(tuple(kept), tuple(named), tuple(contested))
+
+
+def _ids(members: Sequence[Group]) -> tuple[int, ...]:
+    return tuple(sorted(g.index for g in members))
+
+
+def _pool(groups: Iterable[Group], found: dict[int, list[Group]], taken: set[int]) -> list[Group]:
+    """The aligned groups and their sibling sets, minus groups already kept in a sure pair."""
+    out: dict[int, Group] = {}
+    for g in groups:
+        for member in found.get(g.index, [g]):
+            if member.index not in taken:
+                out[member.index] = member
+    return sorted(out.values(), key=lambda g: g.index)
+
+
+def _mutual_best(t_set: Sequence[Group], s_set: Sequence[Group]) -> list[tuple[Group, Group]]:
+    """Pairs that are each other's strictly best-named candidate, with some name in common."""
+    sim = {(t.index, s.index): name_similarity(t.path, s.path) for t in t_set for s in s_set}
+
+    def strict_best(scores: list[tuple[float, int]]) -> int | None:
+        scores.sort(reverse=True)
+        if not scores or scores[0][0] <= 0 or (len(scores) > 1 and scores[1][0] >= scores[0][0]):
+            return None
+        return scores[0][1]
+
+    out = []
+    for a, t in enumerate(t_set):
+        b = strict_best([(sim[t.index, s.index], k) for k, s in enumerate(s_set)])
+        if b is None:
+            continue
+        s = s_set[b]
+        if strict_best([(sim[u.index, s.index], k) for k, u in enumerate(t_set)]) == a:
+            out.append((t, s))
+    return out

@@ -1,0 +1,303 @@
+"""The report: what was loaded from where and how, adapted, initialized, left unused.
+
+A :class:`Report` is built from one :class:`KeyRecord` per target key. It still
+answers torch's ``missing_keys`` / ``unexpected_keys`` (and unpacks like
+torch's ``_IncompatibleKeys``), so code written for ``load_state_dict`` keeps
+working. ``str(report)`` is a grouped table and ``to_dict()`` is JSON-ready.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from weightsurgery._grouping import group_keys
+from weightsurgery.match.plan import Plan
+from weightsurgery.sources.checkpoint import Origin
+
+__all__ = ["KeyRecord", "Report", "Status"]
+
+Status = Literal["loaded", "adapted", "initialized", "tied"]
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """Everything known about one target key after a transfer.
+
+    Attributes:
+        target: the target key.
+        status: ``"loaded"``, ``"adapted"``, ``"initialized"`` or ``"tied"``.
+        source: the source key it came from (loaded/adapted).
+        sources: every source key an adapter read.
+        strategy: the matching strategy (``"exact"``, ``"prefix"``, ``"structure"``...).
+        evidence: why it matched, or why it was initialized.
+        target_shape: the target tensor's shape.
+        target_dtype: the target tensor's dtype (``"float32"``).
+        source_shape: the source tensor's shape, where a source was considered.
+        source_dtype: the source tensor's dtype, where one was read.
+        adapter: the adapter applied, with ``adapter_args``.
+        adapter_args: the adapter's arguments.
+        init_spec: the init spec used (``"trunc_normal(std=0.02)"``).
+        init_rule: the rule that chose the spec (``"head.*"``, ``"default"``).
+        alias_of: for a tied key, the key it shares its tensor with.
+        numel: the number of elements.
+    """
+
+    target: str
+    status: Status
+    target_shape: tuple[int, ...]
+    target_dtype: str
+    numel: int
+    source: str | None = None
+    sources: tuple[str, ...] = ()
+    strategy: str | None = None
+    evidence: str = ""
+    source_shape: tuple[int, ...] | None = None
+    source_dtype: str | None = None
+    adapter: str | None = None
+    adapter_args: Mapping[str, Any] = field(default_factory=dict)
+    init_spec: str | None = None
+    init_rule: str | None = None
+    alias_of: str | None = None
+
+    @property
+    def cast(self) -> str | None:
+        """``"float16→float32"`` when the dtype changed on the way in."""
+        if self.source_dtype and self.source_dtype != self.target_dtype and self.status in ("loaded", "adapted"):
+            return f"{self.source_dtype}→{self.target_dtype}"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target, "status": self.status}
+        for name in ("source", "strategy", "adapter", "init_spec", "init_rule", "alias_of"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.sources:
+            out["sources"] = list(self.sources)
+        if self.evidence:
+            out["evidence"] = self.evidence
+        if self.adapter:
+            out["adapter_args"] = dict(self.adapter_args)
+        out["target_shape"] = list(self.target_shape)
+        out["target_dtype"] = self.target_dtype
+        if self.source_shape is not None:
+            out["source_shape"] = list(self.source_shape)
+        if self.source_dtype is not None:
+            out["source_dtype"] = self.source_dtype
+        if self.cast:
+            out["cast"] = self.cast
+        return out
+
+
+class Report:
+    """The outcome of a transfer (or, with ``dry_run=True``, of its plan).
+
+    Attributes:
+        records: target key -> :class:`KeyRecord`, in the target's module order.
+        origin: what the source was resolved from.
+        plan: the plan that was applied; save it with ``report.plan.save(path)``.
+        applied: ``False`` for a dry run.
+        unused: source keys that nothing used.
+        frozen: parameter keys set to ``requires_grad=False``.
+        warnings: notes worth a user's attention (low coverage...).
+        model: the target module (built by the transfer when ``dst`` was a factory).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from weightsurgery import transfer
+        >>> src = nn.Linear(2, 3)
+        >>> report = transfer({"module.weight": src.weight.detach()}, nn.Linear(2, 3), seed=0)
+        >>> report.mapping
+        {'weight': 'module.weight'}
+        >>> report.missing_keys
+        ['bias']
+        >>> missing, unexpected = report
+    """
+
+    def __init__(
+        self,
+        records: Mapping[str, KeyRecord],
+        *,
+        origin: Origin,
+        plan: Plan,
+        applied: bool,
+        unused: Sequence[str],
+        frozen: Sequence[str] = (),
+        warnings: Sequence[str] = (),
+        model: Any = None,
+    ) -> None:
+        self.records: dict[str, KeyRecord] = dict(records)
+        self.origin = origin
+        self.plan = plan
+        self.applied = applied
+        self.unused: tuple[str, ...] = tuple(unused)
+        self.frozen: tuple[str, ...] = tuple(frozen)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+        self.model = model
+
+    # --- the public contract -------------------------------------------------------------------
+
+    @property
+    def mapping(self) -> dict[str, str]:
+        """Target key -> source key, for every target tensor filled from the source."""
+        return {k: r.source for k, r in self.records.items() if r.status in ("loaded", "adapted") and r.source}
+
+    @property
+    def initialized(self) -> list[str]:
+        """Target keys filled by the fallback init."""
+        return [k for k, r in self.records.items() if r.status == "initialized"]
+
+    @property
+    def loaded(self) -> list[str]:
+        return [k for k, r in self.records.items() if r.status == "loaded"]
+
+    @property
+    def adapted(self) -> list[str]:
+        return [k for k, r in self.records.items() if r.status == "adapted"]
+
+    @property
+    def missing_keys(self) -> list[str]:
+        """torch's meaning: target keys the source did not fill (tied aliases of a loaded key are not missing)."""
+        init = set(self.initialized)
+        return [k for k, r in self.records.items() if k in init or (r.status == "tied" and r.alias_of in init)]
+
+    @property
+    def unexpected_keys(self) -> list[str]:
+        """torch's meaning: source keys that went unused."""
+        return list(self.unused)
+
+    def __iter__(self) -> Iterator[list[str]]:
+        """Unpack like torch's ``_IncompatibleKeys``: ``missing, unexpected = report``."""
+        return iter((self.missing_keys, self.unexpected_keys))
+
+    # --- figures ---------------------------------------------------------------------------------
+
+    def _canonical(self) -> list[KeyRecord]:
+        return [r for r in self.records.values() if r.status != "tied"]
+
+    @property
+    def num_params(self) -> int:
+        return sum(r.numel for r in self._canonical())
+
+    @property
+    def num_loaded_params(self) -> int:
+        return sum(r.numel for r in self._canonical() if r.status in ("loaded", "adapted"))
+
+    @property
+    def coverage(self) -> float:
+        """The fraction of target elements filled from the source (0..1)."""
+        total = self.num_params
+        return self.num_loaded_params / total if total else 1.0
+
+    @property
+    def ambiguous(self) -> list[str]:
+        """Initialized keys that a strategy refused to guess for."""
+        return [k for k in self.initialized if "ambiguous" in self.records[k].evidence]
+
+    def summary(self) -> str:
+        """One line: ``loaded 120, adapted 0, initialized 2, unused 2; coverage 99.9%``."""
+        canon = self._canonical()
+        n = {s: sum(1 for r in canon if r.status == s) for s in ("loaded", "adapted", "initialized")}
+        verb = "" if self.applied else " (dry run)"
+        return (
+            f"{self.origin.describe()}{verb}: loaded {n['loaded']}, adapted {n['adapted']}, "
+            f"initialized {n['initialized']}, unused {len(self.unused)}; "
+            f"coverage {self.coverage:.1%} of {_human(self.num_params)} parameters"
+        )
+
+    # --- rendering -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict with ``mapping``, ``initialized``, ``unused`` and every record."""
+        return {
+            "source": self.origin.to_dict(),
+            "applied": self.applied,
+            "coverage": self.coverage,
+            "num_params": self.num_params,
+            "num_loaded_params": self.num_loaded_params,
+            "mapping": self.mapping,
+            "initialized": self.initialized,
+            "unused": list(self.unused),
+            "missing_keys": self.missing_keys,
+            "unexpected_keys": self.unexpected_keys,
+            "frozen": list(self.frozen),
+            "warnings": list(self.warnings),
+            "records": [r.to_dict() for r in self.records.values()],
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def sections(self) -> list[tuple[str, list[tuple[str, str, list[str]]]]]:
+        """The table's content: ``[(title, [(label, note, grouped_keys)])]``; the CLI renders the same rows."""
+        canon = self._canonical()
+        out: list[tuple[str, list[tuple[str, str, list[str]]]]] = []
+
+        def rows(records: list[KeyRecord], label_of: Any, note_of: Any) -> list[tuple[str, str, list[str]]]:
+            groups: dict[tuple[str, str], list[str]] = {}
+            for r in records:
+                groups.setdefault((label_of(r), note_of(r)), []).append(r.target)
+            return [(label, note, group_keys(keys)) for (label, note), keys in groups.items()]
+
+        loaded = [r for r in canon if r.status == "loaded"]
+        if loaded:
+            out.append((f"loaded ({len(loaded)})", rows(loaded, lambda r: r.strategy or "", _loaded_note)))
+        adapted = [r for r in canon if r.status == "adapted"]
+        if adapted:
+            out.append((f"adapted ({len(adapted)})", rows(adapted, lambda r: r.adapter or "", _adapted_note)))
+        init = [r for r in canon if r.status == "initialized"]
+        if init:
+            out.append((f"initialized ({len(init)})", rows(init, lambda r: r.init_spec or "(on apply)", _init_note)))
+        tied = [r for r in self.records.values() if r.status == "tied"]
+        if tied:
+            out.append((f"tied ({len(tied)})", rows(tied, lambda r: "alias", lambda r: f"of {r.alias_of}")))
+        if self.unused:
+            out.append((f"unused source keys ({len(self.unused)})", [("", "", group_keys(self.unused))]))
+        return out
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        lines += [f"warning: {w}" for w in self.warnings]
+        for title, rows in self.sections():
+            lines.append("")
+            lines.append(title)
+            width = max((len(label) for label, _, _ in rows), default=0)
+            for label, note, keys in rows:
+                for i, k in enumerate(keys):
+                    head = label.ljust(width) if i == 0 else " " * width
+                    tail = f"  ({note})" if note and i == 0 else ""
+                    lines.append(f"  {head}  {k}{tail}".rstrip())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Report {self.summary()}>"
+
+
+def _loaded_note(r: KeyRecord) -> str:
+    notes = []
+    if r.strategy == "prefix" and r.evidence:
+        notes.append(r.evidence.split(" (")[0])
+    if r.cast:
+        notes.append(r.cast)
+    return ", ".join(notes)
+
+
+def _adapted_note(r: KeyRecord) -> str:
+    args = ", ".join(f"{k}={v}" for k, v in r.adapter_args.items() if not isinstance(v, (list, tuple)) or len(v) <= 4)
+    return f"{args}; {r.cast}" if r.cast else args
+
+
+def _init_note(r: KeyRecord) -> str:
+    reason = r.evidence.split(":")[0] if r.evidence else ""
+    return f"{reason}; rule {r.init_rule}" if r.init_rule and r.init_rule != "default" else reason
+
+
+def _human(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)

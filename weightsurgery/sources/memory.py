@@ -1,0 +1,169 @@
+"""In-memory sources: an ``nn.Module``, a state dict, or a nested checkpoint dict.
+
+The tensors already live in memory, so the :class:`Checkpoint` built here only
+indexes them: :meth:`Checkpoint.load` hands back the caller's own tensor
+(detached), which apply copies into the target.
+
+``Checkpoint.metadata`` keys set here:
+
+* ``"tied"`` (:func:`from_module`): groups of state-dict keys that name one
+  shared tensor, e.g. ``[["embed.weight", "head.weight"]]``.
+* ``"scalars"`` (nested checkpoints): the root's string, number and boolean
+  entries, e.g. ``{"epoch": 3, "arch": "resnet18"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from weightsurgery.sources import nested
+from weightsurgery.sources.checkpoint import Checkpoint, Origin, SourceKind, TensorMeta
+
+__all__ = ["from_mapping", "from_module", "from_tensors", "from_unwrapped"]
+
+logger = logging.getLogger(__name__)
+
+MAPPING_LOCATION = "<mapping>"
+
+
+def from_module(module: nn.Module) -> Checkpoint:
+    """Index a module's ``state_dict()`` (parameters and persistent buffers).
+
+    Tied tensors appear under every name, as in ``state_dict()``; the groups
+    are listed in ``metadata["tied"]``.
+
+    Args:
+        module: the source model.
+
+    Returns:
+        A :class:`Checkpoint` of kind ``MODULE`` over the module's own tensors.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Embedding(4, 2), nn.Linear(2, 4, bias=False))
+        >>> net[1].weight = net[0].weight
+        >>> ckpt = from_module(net)
+        >>> ckpt.keys(), ckpt.metadata["tied"]
+        (['0.weight', '1.weight'], [['0.weight', '1.weight']])
+    """
+    state = module.state_dict(keep_vars=True)
+    groups: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        groups.setdefault(id(tensor), []).append(name)
+    tied = [names for names in groups.values() if len(names) > 1]
+    cls = type(module)
+    origin = Origin(SourceKind.MODULE, f"{cls.__module__}.{cls.__qualname__}")
+    return from_tensors(state, origin, metadata={"tied": tied} if tied else None)
+
+
+def from_mapping(mapping: Mapping[Any, Any], *, key: str | None) -> Checkpoint:
+    """Index a flat state dict, or the state dict inside a nested training checkpoint.
+
+    The nested case follows :mod:`weightsurgery.sources.nested`: the container
+    path taken is ``origin.container`` and the others are
+    ``origin.details["alternatives"]``.
+
+    Args:
+        mapping: ``{name: Tensor}`` or a training checkpoint dict such as
+            ``{"state_dict": {...}, "epoch": 3}``.
+        key: the container to take (``"model_ema"``, ``"model.module"``) or a key
+            prefix to select and strip; ``None`` chooses automatically.
+
+    Returns:
+        A :class:`Checkpoint` of kind ``STATE_DICT``.
+
+    Raises:
+        AmbiguousContainerError: several state dicts share the best rank.
+        UnknownContainerError: ``key`` names nothing in the mapping.
+        EmptyCheckpointError: the mapping has entries but no tensor among them
+            (``{}`` is an empty state dict, not an error).
+
+    Example:
+        >>> import torch
+        >>> ckpt = from_mapping({"model": {"fc.weight": torch.ones(2, 2)}, "epoch": 1}, key=None)
+        >>> ckpt.origin.container, ckpt.keys(), ckpt.metadata["scalars"]
+        (('model',), ['fc.weight'], {'epoch': 1})
+    """
+    found = nested.unwrap(mapping, key=key, source=MAPPING_LOCATION)
+    return from_unwrapped(found, mapping, Origin(SourceKind.STATE_DICT, MAPPING_LOCATION))
+
+
+def from_unwrapped(
+    found: nested.Unwrapped,
+    root: Mapping[Any, Any],
+    origin: Origin,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    closer: Callable[[], None] | None = None,
+) -> Checkpoint:
+    """Index the state dict :func:`nested.unwrap` found, recording the path in ``origin``.
+
+    Args:
+        found: what :func:`~weightsurgery.sources.nested.unwrap` returned for ``root``.
+        root: the mapping as loaded, for its top-level scalars.
+        origin: where it came from; its ``container`` and ``details`` are filled in here.
+        metadata: extra ``Checkpoint.metadata``.
+        closer: releases what holds the tensors (a memory-mapped file).
+
+    Returns:
+        A :class:`Checkpoint` over ``found.tensors``.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.sources import nested
+        >>> root = {"ema": {"w": torch.ones(1)}}
+        >>> from_unwrapped(nested.unwrap(root), root, Origin(SourceKind.STATE_DICT, "demo")).origin.describe()
+        'state-dict demo [ema]'
+    """
+    meta = dict(metadata or {})
+    if found.container:
+        scalars = nested.scalars(root)
+        if scalars:
+            meta["scalars"] = scalars
+    origin = dataclasses.replace(origin, container=found.container, details={**origin.details, **found.details()})
+    return from_tensors(found.tensors, origin, metadata=meta, closer=closer)
+
+
+def from_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    origin: Origin,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    closer: Callable[[], None] | None = None,
+) -> Checkpoint:
+    """Index tensors that are already loaded (possibly memory-mapped).
+
+    Args:
+        tensors: name -> tensor; parameters are detached when loaded.
+        origin: where they came from.
+        metadata: ``Checkpoint.metadata``.
+        closer: releases what holds the tensors; the index is dropped too.
+
+    Returns:
+        A :class:`Checkpoint` whose loader looks the name up.
+
+    Example:
+        >>> import torch
+        >>> ckpt = from_tensors({"w": torch.ones(2)}, Origin(SourceKind.STATE_DICT, "demo"))
+        >>> ckpt.load("w").tolist()
+        [1.0, 1.0]
+    """
+    index = dict(tensors)
+    metas = {name: TensorMeta.of(t) for name, t in index.items()}
+
+    def load(name: str) -> torch.Tensor:
+        return index[name].detach()
+
+    def close() -> None:
+        index.clear()
+        if closer is not None:
+            closer()
+
+    logger.debug("indexed %d tensors from %s", len(index), origin.describe())
+    return Checkpoint(metas, load, origin, metadata=metadata, closer=close)

@@ -1,0 +1,276 @@
+"""``transfer(src, dst)``: resolve, plan, validate, apply, report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from weightsurgery._grouping import group_keys
+from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
+from weightsurgery.errors import CoverageError, StrictTransferError
+from weightsurgery.match.plan import Action, Plan
+from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.report import KeyRecord, Report
+from weightsurgery.sources.checkpoint import Checkpoint
+from weightsurgery.sources.resolve import resolve
+
+__all__ = ["LOW_COVERAGE", "transfer"]
+
+logger = logging.getLogger("weightsurgery")
+
+#: Below this loaded fraction of target parameters *and* of target tensors, source and target
+#: are probably unrelated (a big new head alone lowers only the first).
+LOW_COVERAGE = 0.5
+
+
+def transfer(
+    src: Any,
+    dst: nn.Module | str | Callable[..., nn.Module],
+    *,
+    init: Any = None,
+    seed: int | None = None,
+    rename: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
+    strategies: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    on_mismatch: MismatchPolicy = "init",
+    adapt: Sequence[Any] = (),
+    classes: Sequence[int | str] | None = None,
+    source_labels: Sequence[str] | None = None,
+    recipe: Any = None,
+    plan: Plan | str | os.PathLike[str] | None = None,
+    dry_run: bool = False,
+    strict: bool = False,
+    freeze: bool = False,
+    min_coverage: float | None = None,
+    key: str | None = None,
+    weights_only: bool = True,
+    revision: str | None = None,
+    quiet: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    target_kwargs: Mapping[str, Any] | None = None,
+) -> Report:
+    """Move the weights of ``src`` into ``dst`` and report what happened.
+
+    Matching tries every strategy by default (exact names, wrapper prefixes,
+    fused projections, suffixes, structural alignment) and never guesses: an
+    ambiguous key is left unmatched, initialized, and reported with its reason.
+    Only the leftovers are initialized.
+
+    Args:
+        src: a path (``.safetensors``, ``.pth``, ``.bin``, ``.ckpt``, a sharded
+            index, a folder), a URL, ``"hf-hub:org/repo[@rev]"``, a registry name
+            (``"resnet18"``, ``"timm:convnext_tiny"``), a state dict, a nested
+            training checkpoint, an ``nn.Module`` or a ``Checkpoint``.
+        dst: the target module, changed in place; or a factory (``"timm:NAME"``,
+            ``"torchvision:NAME"``, ``"pkg.mod:callable"`` or a callable), built
+            on the meta device so only the leftovers pay for init. The module is
+            ``report.model``.
+        init: the fallback init: one spec (``"trunc_normal(std=0.02)"``, a spec
+            object, a callable) or rules ``{pattern | module type: spec}``, first
+            match wins. Default: each module's own initialization.
+        seed: makes every initialized tensor reproducible, independent of the
+            global RNG and of which other keys loaded.
+        rename: regex rules ``[(pattern, replacement)]`` applied in order to
+            source keys, or an exact ``{target_key: source_key}`` map.
+        strategies: restrict matching to these strategy names
+            (see ``weightsurgery.match.planner.STRATEGIES``).
+        exclude: target-key globs (or ``re:`` regexes) never loaded, e.g.
+            ``["fc.*"]`` for a fresh head of the same shape; they are initialized.
+        on_mismatch: a name match of different shape: ``"init"`` (default),
+            ``"adapt"`` (apply an adapter whose conditions clearly hold), ``"error"``.
+        adapt: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
+        classes: keep/reorder these classifier classes (indices or label names).
+        source_labels: the source's class names, if its metadata lacks them.
+        recipe: a ``weightsurgery.Recipe`` or a path to one (JSON/YAML): rename,
+            adapt and init rules, applied before the arguments above.
+        plan: a saved :class:`~weightsurgery.match.plan.Plan` (or its JSON path)
+            to re-apply without matching again.
+        dry_run: plan and report only; the model is not touched.
+        strict: raise if any target key would be initialized or any source key
+            is unused.
+        freeze: set ``requires_grad=False`` on loaded parameters.
+        min_coverage: raise if less than this fraction (0..1) of the target's
+            parameters would be loaded.
+        key: the container to take from a nested checkpoint (``"model_ema"``).
+        weights_only: refuse pickles that need code (default). ``False`` is an
+            explicit opt-in for trusted files, and warns.
+        revision: hub revision for ``hf-hub:`` sources.
+        quiet: no download progress bars.
+        progress: ``progress(done, total)`` as tensors are staged.
+        target_kwargs: keyword arguments for a factory ``dst`` (``num_classes=10``).
+
+    Returns:
+        A :class:`~weightsurgery.report.Report`.
+
+    Raises:
+        SourceError: the source cannot be resolved or read (subclasses say why).
+        PlanError: bad options or a plan that does not fit; nothing changed.
+        ShapeMismatchError: ``on_mismatch="error"`` and shapes differ.
+        StrictTransferError: ``strict=True`` and keys were left over.
+        CoverageError: coverage under ``min_coverage``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> pretrained = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1000))
+        >>> ckpt = {"state_dict": {f"model.{k}": v for k, v in pretrained.state_dict().items()}}
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+        >>> report = transfer(ckpt, model, init="zeros", seed=0)
+        >>> report.initialized
+        ['2.weight', '2.bias']
+        >>> torch.equal(model[0].weight, pretrained[0].weight)
+        True
+    """
+    if recipe is not None:
+        rename, adapt, init = _merge_recipe(recipe, rename, adapt, init)
+    if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
+        raise ValueError(f"min_coverage={min_coverage} must lie between 0 and 1")
+    checkpoint = resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet)
+    module = _build(dst, target_kwargs)
+    target = TargetSpec.from_module(module)
+
+    from weightsurgery.init import InitRules
+
+    rules = InitRules.from_user(init)
+    if plan is not None:
+        the_plan = complete_plan(plan if isinstance(plan, Plan) else Plan.load(plan), target)
+        validate_plan(the_plan, checkpoint, target)
+    else:
+        options = PlanOptions(
+            rename=rename, strategies=strategies, on_mismatch=on_mismatch, adapt=tuple(adapt or ()),
+            classes=classes, source_labels=source_labels, exclude=tuple(exclude),
+        )
+        the_plan = make_plan(
+            checkpoint.metas, target, options, source_metadata=checkpoint.metadata,
+            source_name=checkpoint.origin.describe(),
+        )
+    init_keys = [e.target for e in the_plan.entries.values() if e.action is Action.INIT]
+    rules.check({k: target.tensors[k] for k in init_keys})
+
+    notes = _check_coverage(the_plan, target, checkpoint, min_coverage)
+    if strict:
+        _check_strict(the_plan, init_keys)
+
+    result = ApplyResult()
+    if not dry_run:
+        result = apply_plan(the_plan, checkpoint, module, target, init_rules=rules, seed=seed, freeze=freeze,
+                            progress=progress)
+    report = _report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes, model=module)
+    logger.info("weightsurgery: %s", report.summary())
+    return report
+
+
+def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> nn.Module:
+    if isinstance(dst, nn.Module):
+        if kwargs:
+            raise TypeError("target_kwargs only apply when dst is a factory, not a built module")
+        return dst
+    from weightsurgery.factory import build_target
+
+    return build_target(dst, meta=True, **dict(kwargs or {}))
+
+
+def _merge_recipe(recipe: Any, rename: Any, adapt: Any, init: Any) -> tuple[Any, Any, Any]:
+    from weightsurgery.recipe import Recipe
+
+    r = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    if isinstance(rename, Mapping):
+        raise TypeError("a recipe's rename rules cannot be combined with an exact rename map; pass one of them")
+    merged_rename = [*r.rename, *(rename or ())] or None
+    merged_adapt = [*r.adapt, *(adapt or ())]
+    merged_init = init
+    if r.init:
+        if init is None:
+            merged_init = dict(r.init)
+        elif isinstance(init, Mapping):
+            merged_init = {**r.init, **init}
+        else:
+            merged_init = {**r.init, "*": init}
+    return merged_rename, merged_adapt, merged_init
+
+
+def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, required: float | None) -> list[str]:
+    filled = [k for k, e in plan.entries.items() if e.action in (Action.LOAD, Action.ADAPT)]
+    total = sum(t.numel for t in target.tensors.values())
+    coverage = sum(target.tensors[k].numel for k in filled) / total if total else 1.0
+    tensor_coverage = len(filled) / len(target.tensors) if target.tensors else 1.0
+    notes = []
+    if required is not None and coverage < required:
+        raise CoverageError(
+            f"only {coverage:.1%} of the target's parameters would load from {checkpoint.origin.describe()}, "
+            f"under min_coverage={required:.1%}; check that source and target are the same architecture, "
+            "or add rename rules",
+            coverage=coverage,
+            required=required,
+        )
+    if len(checkpoint) and max(coverage, tensor_coverage) < LOW_COVERAGE:
+        note = (
+            f"only {coverage:.1%} of the target's parameters ({len(filled)} of {len(target.tensors)} tensors) "
+            f"load from {checkpoint.origin.describe()}: "
+            "source and target look unrelated; only certain matches were loaded"
+        )
+        warnings.warn(note, UserWarning, stacklevel=3)
+        notes.append(note)
+    return notes
+
+
+def _check_strict(plan: Plan, init_keys: list[str]) -> None:
+    if not init_keys and not plan.unused:
+        return
+    lines = []
+    if init_keys:
+        lines.append(f"target keys that would be initialized ({len(init_keys)}):")
+        lines += [f"  {g}" for g in group_keys(init_keys)]
+    if plan.unused:
+        lines.append(f"source keys that would go unused ({len(plan.unused)}):")
+        lines += [f"  {g}" for g in group_keys(plan.unused)]
+    raise StrictTransferError(
+        "strict=True: the source does not fill the target exactly; nothing was changed. "
+        "Pass strict=False to initialize the leftovers, or rename= to map them.\n" + "\n".join(lines),
+        missing=init_keys,
+        unused=plan.unused,
+    )
+
+
+def _report(
+    plan: Plan, checkpoint: Checkpoint, target: TargetSpec, rules: Any, result: ApplyResult, *,
+    applied: bool, warnings: list[str], model: nn.Module,
+) -> Report:
+    records: dict[str, KeyRecord] = {}
+    status = {Action.LOAD: "loaded", Action.ADAPT: "adapted", Action.INIT: "initialized", Action.TIED: "tied"}
+    for key, e in plan.entries.items():
+        t = target.tensors[target.canonical(key)]
+        src_meta = checkpoint.metas.get(e.source) if e.source and e.action is not Action.INIT else None
+        spec = rule = None
+        if e.action is Action.INIT:
+            if key in result.init_specs:
+                spec, rule = result.init_specs[key], result.init_rules.get(key)
+            else:
+                chosen, rule = rules.select(key, t.module_type, is_buffer=t.is_buffer)
+                spec = chosen.describe()
+        records[key] = KeyRecord(
+            target=key,
+            status=status[e.action],  # type: ignore[arg-type]
+            target_shape=t.shape,
+            target_dtype=str(t.dtype).removeprefix("torch."),
+            numel=t.numel,
+            source=e.source if e.action in (Action.LOAD, Action.ADAPT) else None,
+            sources=e.sources,
+            strategy=e.strategy,
+            evidence=e.evidence,
+            source_shape=e.source_shape,
+            source_dtype=str(src_meta.dtype).removeprefix("torch.") if src_meta else None,
+            adapter=e.adapter,
+            adapter_args=dict(e.adapter_args),
+            init_spec=spec,
+            init_rule=rule,
+            alias_of=e.alias_of,
+        )
+    return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
+                  frozen=result.frozen, warnings=warnings, model=model)
