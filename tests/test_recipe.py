@@ -14,8 +14,11 @@ RECIPE = Recipe(
     rename=((r"^module\.", ""), (r"\.gamma$", ".weight")),
     adapt=(
         AdaptRule("pos_embed", "pos_embed", {"interpolation": "bilinear"}),
-        AdaptRule(r"re:blocks\.(\d+)\.attn\.qkv\.weight", "fuse",
-                  sources=(r"blocks.\1.attn.q.weight", r"blocks.\1.attn.k.weight", r"blocks.\1.attn.v.weight")),
+        AdaptRule(
+            r"re:blocks\.(\d+)\.attn\.qkv\.weight",
+            "fuse",
+            sources=(r"blocks.\1.attn.q.weight", r"blocks.\1.attn.k.weight", r"blocks.\1.attn.v.weight"),
+        ),
     ),
     init={"head.*": "zeros", "*": "trunc_normal(std=0.02)"},
     description="vit 224 -> 384",

@@ -292,9 +292,15 @@ def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> 
 
 
 def _source_metadata(ckpt: Checkpoint) -> dict[str, str]:
-    """The checkpoint's metadata as ``{str: str}``: header entries and scalars flat, the rest JSON-encoded."""
+    """The checkpoint's metadata as ``{str: str}``: header entries and scalars flat, the rest JSON-encoded.
+
+    ``"tied"`` (groups of names sharing a tensor) is left out: the writers
+    rediscover sharing from the tensors themselves.
+    """
     out: dict[str, str] = {}
     for name, value in ckpt.metadata.items():
+        if name == "tied":
+            continue
         if name in ("safetensors", "scalars") and isinstance(value, Mapping):
             out.update({str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in value.items()})
         elif value not in (None, {}, [], ()):

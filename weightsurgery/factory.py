@@ -1,9 +1,11 @@
 """Build a target model from a factory spec: ``timm:NAME``, ``torchvision:NAME`` or ``pkg.module:callable``.
 
-A target is built on the meta device by default, so that constructing it costs
-no initialization: :func:`weightsurgery.transfer` materializes only what it
-fills. Models whose constructor needs real tensor data (it reads a value with
-``.item()`` or ``.tolist()``) are rebuilt on the CPU automatically.
+A target is built with its parameters on the meta device by default, so that
+constructing it costs no initialization: :func:`weightsurgery.transfer`
+materializes only what it fills. Buffers stay real (see
+:mod:`weightsurgery._meta`). A model that still ends up with a buffer on
+``meta`` (computed from a parameter's device), or whose constructor reads a
+parameter's value (``.item()``, ``.tolist()``), is rebuilt on the CPU.
 
 The spec forms, in the order they are tried:
 
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightsurgery._meta import params_on_meta
 from weightsurgery.errors import TargetError
 
 __all__ = ["build_target", "parse_kwargs"]
@@ -42,12 +45,13 @@ def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, 
     Args:
         spec: ``timm:NAME``, ``torchvision:NAME``, ``package.module:callable``,
             or a callable returning an ``nn.Module``.
-        meta: build on the meta device (no memory, no init cost). A model whose
-            constructor needs real data is rebuilt on the CPU, with a log line.
+        meta: build the parameters on the meta device (no memory, no init
+            cost); buffers stay real. A model whose constructor needs its
+            parameters' values is rebuilt on the CPU, with a log line.
         **kwargs: passed to the factory (``num_classes=10``, ``in_chans=1``...).
 
     Returns:
-        The model, on the meta device when ``meta`` is true and it could be built there.
+        The model, its parameters on the meta device when ``meta`` is true and it could be built so.
 
     Raises:
         TargetError: the spec has none of the accepted forms, names a model or
@@ -67,12 +71,20 @@ def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, 
     factory, label = _factory_for(spec)
     if meta:
         try:
-            with torch.device("meta"):
-                return _call(factory, label, kwargs)
+            with params_on_meta():
+                model = _call(factory, label, kwargs, on_meta=True)
         except (NotImplementedError, RuntimeError) as exc:
             if "meta" not in str(exc):
                 raise
             logger.info("%s cannot be built on the meta device (%s); building it on the CPU instead", label, exc)
+        else:
+            stuck = [name for name, b in model.named_buffers() if b.is_meta]
+            if not stuck:
+                return model
+            logger.info(
+                "%s computes buffers from its parameters' device (%s); building it on the CPU instead",
+                label, ", ".join(stuck[:3]),
+            )
     return _call(factory, label, kwargs)
 
 
@@ -179,7 +191,7 @@ def _import_factory(module_name: str, attr_path: str, spec: str) -> Callable[...
     return obj
 
 
-def _call(factory: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn.Module:
+def _call(factory: Callable[..., Any], label: str, kwargs: dict[str, Any], *, on_meta: bool = False) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
@@ -190,7 +202,7 @@ def _call(factory: Callable[..., Any], label: str, kwargs: dict[str, Any]) -> nn
             f"target {label!r} rejected the keyword arguments {given}: {exc}; drop or rename them"
         ) from exc
     except (NotImplementedError, RuntimeError) as exc:
-        if "meta" in str(exc) and torch.get_default_device().type == "meta":
+        if on_meta and "meta" in str(exc):
             raise  # build_target retries on the CPU
         raise TargetError(f"target {label!r} failed to build: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:

@@ -86,7 +86,9 @@ class Recipe:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise RecipeError(f"rename[{i}]: {pattern!r} is not a valid regex ({exc})", field=f"rename[{i}]") from exc
+                raise RecipeError(
+                    f"rename[{i}]: {pattern!r} is not a valid regex ({exc})", field=f"rename[{i}]"
+                ) from exc
         _check_init(self.init, None)
 
     # --- dict / JSON / YAML --------------------------------------------------------------------
@@ -96,7 +98,9 @@ class Recipe:
         out: dict[str, Any] = {"format": RECIPE_FORMAT}
         if self.description:
             out["description"] = self.description
-        out["rename"] = dict(self.rename) if len(dict(self.rename)) == len(self.rename) else [list(p) for p in self.rename]
+        out["rename"] = (
+            dict(self.rename) if len(dict(self.rename)) == len(self.rename) else [list(p) for p in self.rename]
+        )
         out["adapt"] = [r.to_dict() for r in self.adapt]
         out["init"] = dict(self.init)
         return out
@@ -120,11 +124,14 @@ class Recipe:
         if unknown:
             raise RecipeError(
                 f"{where}unknown recipe field(s) {', '.join(unknown)}; valid fields are {', '.join(_FIELDS)}",
-                path=path, field=unknown[0],
+                path=path,
+                field=unknown[0],
             )
         fmt = data.get("format", RECIPE_FORMAT)
         if fmt != RECIPE_FORMAT:
-            raise RecipeError(f"{where}format is {fmt!r}; this version reads {RECIPE_FORMAT!r}", path=path, field="format")
+            raise RecipeError(
+                f"{where}format is {fmt!r}; this version reads {RECIPE_FORMAT!r}", path=path, field="format"
+            )
         description = data.get("description") or ""
         if not isinstance(description, str):
             raise RecipeError(f"{where}description must be a string", path=path, field="description")
@@ -225,14 +232,16 @@ def _pairs(value: Any, name: str, path: Any) -> Pairs:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise RecipeError(
             f"{where}{name} must be a mapping {{pattern: value}} or a list of [pattern, value] pairs",
-            path=path, field=name,
+            path=path,
+            field=name,
         )
     out = []
     for i, item in enumerate(items):
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
             raise RecipeError(
                 f"{where}{name}[{i}] is {item!r}; each entry is a pair of strings [pattern, value]",
-                path=path, field=f"{name}[{i}]",
+                path=path,
+                field=f"{name}[{i}]",
             )
         out.append((item[0], item[1]))
     return tuple(out)

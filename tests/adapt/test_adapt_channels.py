@@ -67,7 +67,9 @@ def test_same_channels_is_the_identity():
 
 
 def test_input_channels_refuses_other_differences():
-    with pytest.raises(AdapterError, match=r"input_channels: source \(8, 3, 3, 3\) and target \(4, 1, 3, 3\) must differ only in dim 1"):
+    with pytest.raises(
+        AdapterError, match=r"input_channels: source \(8, 3, 3, 3\) and target \(4, 1, 3, 3\) must differ only in dim 1"
+    ):
         run_adapter("input_channels", [torch.zeros(8, 3, 3, 3)], (4, 1, 3, 3), {})
     with pytest.raises(AdapterError, match=r"expected a conv weight \(O, C, \*kernel\), got shape \(8, 3\)"):
         adapt_input_channels(torch.zeros(8, 3), 1)

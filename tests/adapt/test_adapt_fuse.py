@@ -61,7 +61,7 @@ def test_split_back_restores_the_separate_projections():
                 args = {"index": i, "sizes": [8, 8, 8], "dim": 0}
                 target.copy_(run_adapter("split", [getattr(mha, f"in_proj_{leaf}")], tuple(target.shape), args))
     back.out_proj.load_state_dict(sep.out_proj.state_dict())
-    for (name, a), b in zip(sep.state_dict().items(), back.state_dict().values()):
+    for (name, a), b in zip(sep.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -75,7 +75,9 @@ def test_gqa_sizes_and_gate_up():
 
 
 def test_bad_sizes_and_parts_are_named():
-    with pytest.raises(AdapterError, match=r"split: sizes \[4, 4\] do not add up to dim 0 of a tensor of shape \(12, 4\)"):
+    with pytest.raises(
+        AdapterError, match=r"split: sizes \[4, 4\] do not add up to dim 0 of a tensor of shape \(12, 4\)"
+    ):
         split_part(torch.zeros(12, 4), index=0, sizes=[4, 4])
     with pytest.raises(AdapterError, match=r"split: index 3 out of range for 3 parts"):
         split_part(torch.zeros(12, 4), index=3, sizes=[4, 4, 4])

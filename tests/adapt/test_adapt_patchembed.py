@@ -29,7 +29,10 @@ def test_same_size_is_the_identity_and_dtype_is_kept():
 
 
 def test_bad_shapes_are_refused():
-    with pytest.raises(AdapterError, match=r"patch_embed: source \(2, 3, 4, 4\) and target \(2, 1, 8, 8\) must differ only in the kernel"):
+    with pytest.raises(
+        AdapterError,
+        match=r"patch_embed: source \(2, 3, 4, 4\) and target \(2, 1, 8, 8\) must differ only in the kernel",
+    ):
         run_adapter("patch_embed", [torch.zeros(2, 3, 4, 4)], (2, 1, 8, 8), {})
     with pytest.raises(AdapterError, match=r"new_size must be two positive ints \(H, W\), got \[8\]"):
         resample_patch_kernel(torch.zeros(2, 3, 4, 4), [8])

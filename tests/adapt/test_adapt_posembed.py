@@ -50,7 +50,9 @@ def test_non_square_grid_resamples_each_axis():
     rows = torch.arange(2.0).repeat_interleave(3).reshape(1, 6, 1)
     pe = torch.cat([torch.tensor([[[9.0]]]), rows], dim=1)
     out = run_adapter(
-        "pos_embed", [pe], (1, 25, 1),
+        "pos_embed",
+        [pe],
+        (1, 25, 1),
         {"num_prefix_tokens": 1, "old_grid": [2, 3], "new_grid": [4, 6], "interpolation": "nearest"},
     )
     assert out[0, 0, 0].item() == 9.0
@@ -71,7 +73,9 @@ def test_infer_grids_refuses_what_it_cannot_tell():
 
 
 def test_bad_arguments_name_the_fix():
-    with pytest.raises(AdapterError, match=r"pos_embed: 11 tokens are not 1 prefix token\(s\) \+ a 3x3 grid; set num_prefix_tokens"):
+    with pytest.raises(
+        AdapterError, match=r"pos_embed: 11 tokens are not 1 prefix token\(s\) \+ a 3x3 grid; set num_prefix_tokens"
+    ):
         resample_pos_embed(torch.zeros(1, 11, 2), new_grid=(4, 4), old_grid=(3, 3))
     with pytest.raises(AdapterError, match=r"interpolation='cubic'; valid modes are bicubic, bilinear, nearest, area"):
         resample_pos_embed(torch.zeros(1, 10, 2), new_grid=(4, 4), interpolation="cubic")  # type: ignore[arg-type]

@@ -34,7 +34,8 @@ def test_vit_position_embedding_grid():
     with torch.device("meta"):
         ctx = _ctx(timm.create_model("vit_tiny_patch16_384"), timm.create_model("vit_tiny_patch16_224"))
     assert propose_adapter("pos_embed", "pos_embed", ctx) == (
-        "pos_embed", {"num_prefix_tokens": 1, "old_grid": [14, 14], "new_grid": [24, 24]},
+        "pos_embed",
+        {"num_prefix_tokens": 1, "old_grid": [14, 14], "new_grid": [24, 24]},
     )
 
 
@@ -52,7 +53,8 @@ def test_patch_embedding_kernel():
     target.patch_embed = PatchEmbed(img_size=32, patch_size=8, embed_dim=16)
     source.patch_embed = PatchEmbed(img_size=32, patch_size=16, embed_dim=16)
     assert propose_adapter("patch_embed.proj.weight", "patch_embed.proj.weight", _ctx(target, source)) == (
-        "patch_embed", {},
+        "patch_embed",
+        {},
     )
 
 

@@ -28,8 +28,12 @@ def test_glob_wildcards_are_numbered_groups_for_source_templates():
 
 
 def test_regex_rules_with_named_groups_match_the_whole_key():
-    rule = AdaptRule(r"re:blocks\.(?P<i>\d+)\.mlp\.fc1\.weight", "split", {"index": 0, "sizes": [2, 2]},
-                     sources=(r"blocks.\g<i>.mlp.gate_up.weight",))
+    rule = AdaptRule(
+        r"re:blocks\.(?P<i>\d+)\.mlp\.fc1\.weight",
+        "split",
+        {"index": 0, "sizes": [2, 2]},
+        sources=(r"blocks.\g<i>.mlp.gate_up.weight",),
+    )
     assert rule.source_keys("blocks.3.mlp.fc1.weight") == ("blocks.3.mlp.gate_up.weight",)
     assert rule.match("x.blocks.3.mlp.fc1.weight") is None
 
@@ -57,7 +61,11 @@ def test_rule_options_override_the_proposal_for_the_same_adapter():
 def test_errors_name_the_rule_and_the_fix():
     ctx = _ctx({"blocks.0.attn.q.weight": (2, 2)})
     rule = AdaptRule("blocks.*.attn.qkv.weight", "fuse", sources=(r"blocks.\1.attn.query.weight",))
-    with pytest.raises(AdapterError, match=r"reads source key\(s\) \['blocks.0.attn.query.weight'\] that the checkpoint does not have; closest: blocks.0.attn.q.weight"):
+    with pytest.raises(
+        AdapterError,
+        match=r"reads source key\(s\) \['blocks.0.attn.query.weight'\] that the checkpoint does not have; "
+        r"closest: blocks.0.attn.q.weight",
+    ):
         match_rule([rule], "blocks.0.attn.qkv.weight", None, ctx)
     with pytest.raises(AdapterError, match=r"refers to a missing group .*; the pattern has 1 group\(s\)"):
         AdaptRule("a.*", "fuse", sources=(r"\2",)).source_keys("a.b")

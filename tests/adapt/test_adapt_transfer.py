@@ -117,7 +117,9 @@ def test_recipe_file_with_an_explicit_rule(tmp_path):
     torch.manual_seed(0)
     src = timm.create_model("vit_tiny_patch16_224")
     path = tmp_path / "vit.yaml"
-    Recipe(adapt=[AdaptRule("pos_embed", "pos_embed", {"interpolation": "bilinear"})], init={"head.*": "zeros"}).save(path)
+    Recipe(adapt=[AdaptRule("pos_embed", "pos_embed", {"interpolation": "bilinear"})], init={"head.*": "zeros"}).save(
+        path
+    )
     report = transfer(src, "timm:vit_tiny_patch16_384", recipe=path, exclude=["head.*"])
     dst = report.model
     assert report.records["pos_embed"].adapter_args["interpolation"] == "bilinear"

@@ -44,12 +44,6 @@ def wide() -> nn.Module:
     return nn.Sequential(nn.Linear(256, 256, bias=False))
 
 
-def needs_data() -> nn.Module:
-    """A constructor that reads a tensor's value, which the meta device cannot do."""
-    layer = nn.Linear(2, int(torch.ones(()).add(1).item()))
-    return layer
-
-
 def broken() -> nn.Module:
     raise ZeroDivisionError("the factory itself is broken")
 

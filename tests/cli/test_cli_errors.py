@@ -27,7 +27,8 @@ def test_unsafe_pickle_is_refused_unless_opted_in(run_cli, tmp_path: Path):
     torch.save({"w": torch.ones(2), "extra": Payload()}, tmp_path / "unsafe.pth")
     result = run_cli("inspect", "unsafe.pth")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: unsafe.pth is a pickle that needs code to load (it needs cli_models.Payload)")
+    assert result.stderr.startswith("error: unsafe.pth is a pickle that needs code to load "
+                                    "(it needs cli_models.Payload)")
     assert "--unsafe-pickle" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -47,7 +48,8 @@ def test_unsafe_pickle_loads_with_the_flag(tmp_path: Path, capsys):
     [
         ("timm:resnet5000", "error: timm has no model 'resnet5000'; closest: resnet50"),
         ("torchvision:resnet", "error: torchvision has no model 'resnet'; closest: resnet"),
-        ("cli_models:tiniest", "error: target 'cli_models:tiniest': 'cli_models' has no attribute 'tiniest'; closest: Tiny"),
+        ("cli_models:tiniest", "error: target 'cli_models:tiniest': 'cli_models' has no attribute 'tiniest'; "
+                               "closest: Tiny"),
         ("no_such_pkg.models:net", "error: target 'no_such_pkg.models:net': module 'no_such_pkg.models' cannot be"),
         ("resnet50", "error: target 'resnet50' is not a factory spec; write it as 'timm:NAME', 'torchvision:NAME'"),
         ("cli_models:broken", "error: target 'cli_models:broken' failed to build: ZeroDivisionError"),
@@ -87,5 +89,6 @@ def test_error_table_maps_types_to_exit_codes():
     assert "error: bad thing; fix it\n" in text
     assert "error: out.safetensors: Permission denied\n" in text
     assert "interrupted\n" in text
-    assert "internal error: ZeroDivisionError: oops\nThis is a bug in weightsurgery; rerun with WEIGHTSURGERY_DEBUG=1" in text
+    assert "internal error: ZeroDivisionError: oops\nThis is a bug in weightsurgery; rerun with WEIGHTSURGERY_DEBUG=1" \
+        in text
     assert ERROR_TABLE[-1].types == (KeyboardInterrupt,)

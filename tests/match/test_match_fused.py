@@ -22,7 +22,7 @@ def _ctx(source: dict[str, tuple[int, ...]], target: nn.Module) -> MatchContext:
 class Separate(nn.Module):
     def __init__(self, names=("q", "k", "v"), sizes=(8, 8, 8), dim: int = 8, bias: bool = True) -> None:
         super().__init__()
-        for n, s in zip(names, sizes):
+        for n, s in zip(names, sizes, strict=True):
             setattr(self, n, nn.Linear(dim, s, bias=bias))
 
 
@@ -47,25 +47,39 @@ def test_separate_query_key_value_into_fused_qkv_with_a_wrapper_prefix():
     source = _shapes(_wrap(attn=Separate(("query", "key", "value"))), "module.")
     result = match_fused(_ctx(source, _wrap(attn=Fused())))
     assert [(m.target, m.sources, m.adapter, dict(m.adapter_args)) for m in result.matches] == [
-        ("attn.qkv.weight", ("module.attn.query.weight", "module.attn.key.weight", "module.attn.value.weight"),
-         "fuse", {"dim": 0}),
-        ("attn.qkv.bias", ("module.attn.query.bias", "module.attn.key.bias", "module.attn.value.bias"),
-         "fuse", {"dim": 0}),
+        (
+            "attn.qkv.weight",
+            ("module.attn.query.weight", "module.attn.key.weight", "module.attn.value.weight"),
+            "fuse",
+            {"dim": 0},
+        ),
+        (
+            "attn.qkv.bias",
+            ("module.attn.query.bias", "module.attn.key.bias", "module.attn.value.bias"),
+            "fuse",
+            {"dim": 0},
+        ),
     ]
     assert result.abstentions == []
 
 
 def test_fused_qkv_split_into_grouped_query_projections():
     source = _shapes(_wrap(blocks=nn.ModuleList([_wrap(attn=Fused(out=12)), _wrap(attn=Fused(out=12))])))
-    target = _wrap(blocks=nn.ModuleList(
-        [_wrap(attn=Separate(("q_proj", "k_proj", "v_proj"), (8, 2, 2))) for _ in range(2)]
-    ))
+    target = _wrap(
+        blocks=nn.ModuleList([_wrap(attn=Separate(("q_proj", "k_proj", "v_proj"), (8, 2, 2))) for _ in range(2)])
+    )
     result = match_fused(_ctx(source, target))
     got = {m.target: (m.source, m.adapter, dict(m.adapter_args)) for m in result.matches}
     assert got["blocks.1.attn.k_proj.weight"] == (
-        "blocks.1.attn.qkv.weight", "split", {"index": 1, "sizes": [8, 2, 2], "dim": 0},
+        "blocks.1.attn.qkv.weight",
+        "split",
+        {"index": 1, "sizes": [8, 2, 2], "dim": 0},
     )
-    assert got["blocks.0.attn.v_proj.bias"] == ("blocks.0.attn.qkv.bias", "split", {"index": 2, "sizes": [8, 2, 2], "dim": 0})
+    assert got["blocks.0.attn.v_proj.bias"] == (
+        "blocks.0.attn.qkv.bias",
+        "split",
+        {"index": 2, "sizes": [8, 2, 2], "dim": 0},
+    )
     assert len(got) == 12
 
 
@@ -89,7 +103,8 @@ def test_shapes_that_do_not_add_up_abstain():
     result = match_fused(_ctx(source, _wrap(attn=Fused(out=30))))
     assert result.matches == []
     assert result.abstentions[0].reason == (
-        "shapes do not add up: attn.qkv.weight (30, 8) vs attn.q.weight (8, 8), attn.k.weight (8, 8), attn.v.weight (8, 8)"
+        "shapes do not add up: attn.qkv.weight (30, 8) vs "
+        "attn.q.weight (8, 8), attn.k.weight (8, 8), attn.v.weight (8, 8)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import pytest
@@ -133,7 +134,9 @@ def test_inserted_modules_are_left_open_and_the_rest_matches() -> None:
 
 
 def test_removed_block_among_identical_ones_follows_the_indices() -> None:
-    source = Net(widths=(8, 16, 16, 16, 16), blocks="layers", leaf_names=("c", "n"))  # four 16->16 blocks after one 8->16
+    source = Net(
+        widths=(8, 16, 16, 16, 16), blocks="layers", leaf_names=("c", "n")
+    )  # four 16->16 blocks after one 8->16
     target = Net(widths=(8, 16, 16, 16))
     mapping, _ = run(context(target, source))
     assert mapping["blocks.2.conv.weight"] == "layers.2.c.weight"
@@ -177,12 +180,48 @@ def test_flat_numbering_aligns_with_nested_numbering() -> None:
     source = nn.Module()
     source._blocks = nn.Sequential(*(Block(a, b, ("_depthwise", "_bn")) for a, b in zip((8, *widths), widths)))
     target = nn.Module()
-    target.blocks = nn.Sequential(
-        *(nn.Sequential(Block(a, b), Block(b, b)) for a, b in ((8, 8), (8, 16), (16, 32)))
-    )
+    target.blocks = nn.Sequential(*(nn.Sequential(Block(a, b), Block(b, b)) for a, b in ((8, 8), (8, 16), (16, 32))))
     mapping, result = run(context(target, source))
     assert mapping == zipped(target, source)
     assert mapping["blocks.2.1.conv.weight"] == "_blocks.5._depthwise.weight"
+
+
+class SlicedVGG(nn.Module):
+    """Perceptual-loss style slices that keep torchvision's indices: ``slice3.28`` is ``features.28``."""
+
+    def __init__(self, features: nn.Sequential) -> None:
+        super().__init__()
+        for n, (a, b) in enumerate([(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)], 1):
+            setattr(self, f"slice{n}", nn.Sequential(OrderedDict((str(i), features[i]) for i in range(a, b))))
+
+
+class NestedVGG(nn.Module):
+    """VGG16 written by hand: nested numbering and named classifier layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths, cin = [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3], 3
+        self.stages = nn.ModuleList()
+        for stage in widths:
+            convs = nn.ModuleList()
+            for cout in stage:
+                convs.append(nn.Conv2d(cin, cout, 3, padding=1))
+                cin = cout
+            self.stages.append(convs)
+        self.fc6, self.fc7, self.fc8 = nn.Linear(512 * 7 * 7, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 1000)
+
+
+@pytest.mark.parametrize("sort", [False, True], ids=["module-order", "sorted"])
+def test_vgg_slices_and_nested_rewrite(sort: bool) -> None:
+    import torchvision
+
+    with torch.device("meta"):
+        vgg, nested = torchvision.models.vgg16(), NestedVGG()
+    sliced = SlicedVGG(vgg.features)
+    mapping, _ = run(context(sliced, vgg, sort=sort))
+    assert mapping == {k: "features." + k.split(".", 1)[1] for k in sliced.state_dict()}
+    mapping, _ = run(context(nested, vgg, sort=sort))
+    assert mapping == zipped(nested, vgg)
 
 
 # --- same-shaped siblings --------------------------------------------------------------------
@@ -226,7 +265,10 @@ def test_leaf_names_from_other_frameworks_pair_by_role() -> None:
     v = torch.zeros(4)
     source = {
         "stem.kernel": torch.zeros(4, 3, 3, 3),
-        "norm.gamma": v, "norm.beta": v, "norm.moving_mean": v, "norm.moving_variance": v,
+        "norm.gamma": v,
+        "norm.beta": v,
+        "norm.moving_mean": v,
+        "norm.moving_variance": v,
         "proj.kernel": torch.zeros(4, 4, 1, 1),
     }
     mapping, result = run(context(target, source))
@@ -253,8 +295,16 @@ class TinyViT(nn.Module):
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 4, 4)
         self.blocks = nn.ModuleList(
-            nn.ModuleDict({"ln1": nn.LayerNorm(dim), "qkv": nn.Linear(dim, 3 * dim), "proj": nn.Linear(dim, dim),
-                           "ln2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, 2 * dim), "fc2": nn.Linear(2 * dim, dim)})
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(dim),
+                    "qkv": nn.Linear(dim, 3 * dim),
+                    "proj": nn.Linear(dim, dim),
+                    "ln2": nn.LayerNorm(dim),
+                    "fc1": nn.Linear(dim, 2 * dim),
+                    "fc2": nn.Linear(2 * dim, dim),
+                }
+            )
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
@@ -306,19 +356,24 @@ def _layer(spec: tuple) -> nn.Module:
     return nn.BatchNorm1d(spec[1]) if kind == "bn" else nn.LayerNorm(spec[1])
 
 
-_MODELS = st.lists(st.lists(_LAYERS, min_size=1, max_size=3), min_size=1, max_size=6)
+# Units of one to three layers, each repeated one to three times (repeated identical blocks).
+_MODELS = st.lists(st.tuples(st.lists(_LAYERS, min_size=1, max_size=3), st.integers(1, 3)), min_size=1, max_size=5).map(
+    lambda units: [u for u, n in units for _ in range(n)]
+)
 
 
-def _build(units: list[list[tuple]], numbered: bool) -> nn.Module:
-    parts = [nn.Sequential(*map(_layer, u)) if numbered else nn.ModuleDict({f"n{i}": _layer(s) for i, s in enumerate(u)})
-             for u in units]
-    return nn.Sequential(*parts) if numbered else nn.ModuleDict({f"n{i}": p for i, p in enumerate(parts)})
+def _build(units: list[list[tuple]], numbered: bool) -> nn.ModuleDict:
+    parts = [
+        nn.Sequential(*map(_layer, u)) if numbered else nn.ModuleDict({f"n{i}": _layer(s) for i, s in enumerate(u)})
+        for u in units
+    ]
+    return nn.ModuleDict({(str(i) if numbered else f"n{i}"): p for i, p in enumerate(parts)})
 
 
-def _scramble(target: nn.Module, rng: random.Random) -> dict[str, torch.Tensor]:
-    """Rename every module path component at random (consistently per module; leaf names kept)."""
+def _scramble(model: nn.Module, rng: random.Random) -> dict[str, str]:
+    """Key -> the key with every module path component renamed at random (consistently per module)."""
     names: dict[str, str] = {"": ""}
-    for path, _ in target.named_modules():
+    for path, _ in model.named_modules():
         if path:
             parent = path.rpartition(".")[0]
             taken = {v.rpartition(".")[2] for k, v in names.items() if k and k.rpartition(".")[0] == parent}
@@ -327,9 +382,9 @@ def _scramble(target: nn.Module, rng: random.Random) -> dict[str, torch.Tensor]:
                 new += rng.choice("abcdefghij")
             names[path] = f"{names[parent]}.{new}" if names[parent] else new
     out = {}
-    for key, value in target.state_dict().items():
+    for key in model.state_dict():
         module, _, leaf = key.rpartition(".")
-        out[f"{names[module]}.{leaf}" if module else leaf] = value
+        out[key] = f"{names[module]}.{leaf}" if module else leaf
     return out
 
 
@@ -352,9 +407,8 @@ def test_scrambled_self_alignment_recovers_the_identity(
     units: list[list[tuple]], numbered: bool, sort: bool, rng: random.Random
 ) -> None:
     target = _build(units, numbered)
-    source = _scramble(target, rng)
-    truth = dict(zip(target.state_dict(), source))
-    ctx = context(target, source, sort=sort)
+    truth = _scramble(target, rng)
+    ctx = context(target, {truth[k]: v for k, v in target.state_dict().items()}, sort=sort)
     mapping, result = run(ctx)
     assert all(truth[t] == s for t, s in mapping.items()), "a wrong match"
     abstained = {a.target for a in result.abstentions}
@@ -363,3 +417,26 @@ def test_scrambled_self_alignment_recovers_the_identity(
     in_module_order = not looks_sorted(list(ctx.source)) and not looks_sorted(list(ctx.target.tensors))
     if in_module_order and not _adjacent_twins(ctx.target):
         assert set(mapping) == set(ctx.target.tensors), "a model without same-shape twins must match fully"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MODELS, st.booleans(), st.booleans(), st.booleans(), st.randoms(use_true_random=False), st.data())
+def test_inserted_and_removed_units_never_produce_a_wrong_match(
+    units: list[list[tuple]],
+    numbered: bool,
+    sort: bool,
+    drop_from_target: bool,
+    rng: random.Random,
+    data: st.DataObject,
+) -> None:
+    model = _build(units, numbered)
+    truth = _scramble(model, rng)
+    dropped = data.draw(st.sets(st.sampled_from(sorted(model.keys())), max_size=len(model) - 1))
+    source = {truth[k]: v for k, v in model.state_dict().items()}
+    if drop_from_target:
+        for name in dropped:
+            del model[name]
+    else:
+        source = {truth[k]: v for k, v in model.state_dict().items() if k.split(".")[0] not in dropped}
+    mapping, _ = run(context(model, source, sort=sort))
+    assert all(truth[t] == s for t, s in mapping.items()), "a wrong match"

@@ -114,9 +114,7 @@ def head_rows(
             rows.append(index[c])
         elif isinstance(c, int) and not isinstance(c, bool):
             if not 0 <= c < num_source:
-                raise AdapterError(
-                    f"classes= holds index {c}, out of range for a source head of {num_source} classes"
-                )
+                raise AdapterError(f"classes= holds index {c}, out of range for a source head of {num_source} classes")
             rows.append(c)
         else:
             raise AdapterError(f"classes= entries must be int indices or str label names, got {c!r}")
@@ -128,8 +126,9 @@ def _has_new_rows(args: Mapping[str, Any]) -> bool:
 
 
 @register_adapter("head", needs_fill=_has_new_rows)
-def _head(tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, rows: Sequence[int],
-          fill: Tensor | None = None) -> Tensor:
+def _head(
+    tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, rows: Sequence[int], fill: Tensor | None = None
+) -> Tensor:
     """Classifier head subset/reorder/grow: ``out[i] = src[rows[i]]``, ``-1`` rows from ``fill``.
 
     Options: ``rows``, one source class index (or ``-1``) per target class.

@@ -127,8 +127,7 @@ def infer_grids(
         return fits[0]
     if not fits:
         return (
-            f"no prefix-token count 0..{max_prefix} makes both {source_tokens} and {target_tokens} "
-            "tokens square grids"
+            f"no prefix-token count 0..{max_prefix} makes both {source_tokens} and {target_tokens} tokens square grids"
         )
     ps = ", ".join(str(f[0]) for f in fits)
     return f"{source_tokens} -> {target_tokens} tokens fit several prefix-token counts ({ps}); use an AdaptRule"

@@ -238,7 +238,7 @@ def _is_classifier(tt: TargetTensor, src_module: str, ctx: AdaptContext) -> bool
 def _differ_in(a: tuple[int, ...], b: tuple[int, ...]) -> set[int]:
     if len(a) != len(b):
         return set(range(max(len(a), len(b))))
-    return {i for i, (x, y) in enumerate(zip(a, b)) if x != y}
+    return {i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y}
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

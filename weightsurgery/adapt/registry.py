@@ -81,9 +81,7 @@ class Adapter:
         return self.takes_fill and bool(self.fill_predicate(args))
 
 
-def register_adapter(
-    name: str, *, needs_fill: Callable[[Mapping[str, Any]], bool] | None = None
-) -> Callable[[F], F]:
+def register_adapter(name: str, *, needs_fill: Callable[[Mapping[str, Any]], bool] | None = None) -> Callable[[F], F]:
     """Register ``fn`` under ``name`` (a decorator).
 
     Args:
@@ -112,7 +110,8 @@ def register_adapter(
     def decorator(fn: F) -> F:
         if name in _REGISTRY:
             raise AdapterError(
-                f"an adapter named {name!r} is already registered ({_REGISTRY[name].fn.__module__}); choose another name"
+                f"an adapter named {name!r} is already registered ({_REGISTRY[name].fn.__module__}); "
+                "choose another name"
             )
         params = list(inspect.signature(fn).parameters.values())
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -235,5 +234,7 @@ def run_adapter(
 def one_tensor(tensors: Sequence[Tensor], name: str, count: int = 1) -> Tensor:
     """The single source tensor of a one-input adapter (helper for adapter modules)."""
     if len(tensors) != count:
-        raise AdapterError(f"adapter {name!r} takes {count} source tensor(s), got {len(tensors)}; fix the plan's sources")
+        raise AdapterError(
+            f"adapter {name!r} takes {count} source tensor(s), got {len(tensors)}; fix the plan's sources"
+        )
     return tensors[0]

@@ -129,11 +129,15 @@ class AdaptRule:
             raise AdapterError(f"an adapt rule must be a mapping with 'pattern' and 'adapter', got {data!r}")
         unknown = sorted(set(data) - {"pattern", "adapter", "args", "sources"})
         if unknown:
-            raise AdapterError(f"adapt rule {dict(data)!r}: unknown field(s) {unknown}; use pattern, adapter, args, sources")
+            raise AdapterError(
+                f"adapt rule {dict(data)!r}: unknown field(s) {unknown}; use pattern, adapter, args, sources"
+            )
         missing = [k for k in ("pattern", "adapter") if k not in data]
         if missing:
             raise AdapterError(f"adapt rule {dict(data)!r}: missing field(s) {missing}")
-        return cls(str(data["pattern"]), str(data["adapter"]), dict(data.get("args") or {}), tuple(data.get("sources") or ()))
+        return cls(
+            str(data["pattern"]), str(data["adapter"]), dict(data.get("args") or {}), tuple(data.get("sources") or ())
+        )
 
 
 def match_rule(

@@ -41,12 +41,16 @@ def permute_dims(tensor: Tensor, dims: Sequence[int] | None = None) -> Tensor:
     """
     order = list(reversed(range(tensor.dim()))) if dims is None else [int(d) for d in dims]
     if sorted(order) != list(range(tensor.dim())):
-        raise AdapterError(f"transpose: dims {order} is not a permutation of the {tensor.dim()} dims of {tuple(tensor.shape)}")
+        raise AdapterError(
+            f"transpose: dims {order} is not a permutation of the {tensor.dim()} dims of {tuple(tensor.shape)}"
+        )
     return tensor.permute(*order).clone(memory_format=torch.contiguous_format)
 
 
 @register_adapter("transpose")
-def _transpose(tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, dims: Sequence[int] | None = None) -> Tensor:
+def _transpose(
+    tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, dims: Sequence[int] | None = None
+) -> Tensor:
     """Permute dims (default reversed): ``Conv1D (in, out) <-> Linear (out, in)`` is ``W.T``.
 
     Options: ``dims``, a permutation (default: reverse all dims).

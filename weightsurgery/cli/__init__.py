@@ -1,0 +1,1 @@
+"""The ``weightsurgery`` command line: one module per command, run through :func:`weightsurgery.cli.main.main`."""

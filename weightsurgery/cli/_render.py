@@ -67,7 +67,7 @@ def _members(pattern: str, known: Mapping[str, int]) -> list[str]:
 def tensor_table(rows: list[TensorRow], *, title: str | None = None) -> Table:
     """A table of :class:`TensorRow`: keys, count, shape, dtype."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("keys", overflow="fold")
+    table.add_column("keys", overflow="fold", ratio=1)
     table.add_column("n", justify="right")
     table.add_column("shape", no_wrap=True)
     table.add_column("dtype", no_wrap=True)
@@ -77,35 +77,36 @@ def tensor_table(rows: list[TensorRow], *, title: str | None = None) -> Table:
 
 
 def report_table(report: Report) -> Table:
-    """The report's grouped sections (loaded, adapted, initialized, ambiguous, tied, unused) as one table."""
+    """The report's grouped sections (loaded, adapted, initialized, tied, unused, ambiguous) as one table.
+
+    A group's note (why it was initialized, the rule, a dtype cast) follows its
+    first key, dimmed, so that only the keys column ever folds.
+    """
     table = Table(show_edge=False, pad_edge=False, show_header=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("how", overflow="fold")
-    table.add_column("keys", overflow="fold")
-    table.add_column("note", overflow="fold")
+    table.add_column("how", no_wrap=True, max_width=24)
+    table.add_column("keys (note)", overflow="fold", ratio=1)
     for title, rows in report.sections():
         status = title.split(" (")[0].split()[0]
         style = _STATUS_STYLE.get(status, "")
         for i, (label, note, keys) in enumerate(rows):
             for j, key in enumerate(keys):
-                first = i == 0 and j == 0
                 add_row(
                     table,
-                    Text(title, style=style) if first else "",
+                    Text(title, style=style) if i == 0 and j == 0 else "",
                     label if j == 0 else "",
-                    key,
-                    note if j == 0 else "",
+                    _with_note(key, note if j == 0 else ""),
                 )
         table.add_section()
     ambiguous = report.ambiguous
-    if ambiguous:
-        for i, key in enumerate(ambiguous):
-            add_row(
-                table,
-                Text(f"ambiguous ({len(ambiguous)})", style="red") if i == 0 else "",
-                "left to init",
-                key,
-                report.records[key].evidence,
-            )
-        table.add_section()
+    for i, key in enumerate(ambiguous):
+        title = Text(f"ambiguous ({len(ambiguous)})", style="red") if i == 0 else ""
+        add_row(table, title, "left to init", _with_note(key, report.records[key].evidence))
     return table
+
+
+def _with_note(key: str, note: str) -> Text:
+    text = Text(key)
+    if note:
+        text.append(f"  ({note})", style="dim")
+    return text

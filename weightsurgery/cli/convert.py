@@ -49,8 +49,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     if ui.json:
         ui.emit_json(done.to_dict())
         return 0
-    ui.show(f"{done.source} → {done.output} ({done.format}, {done.num_tensors} tensors, "
-            f"{human_bytes(done.output.stat().st_size)})")
+    tensors = f"{done.num_tensors} tensor" + ("" if done.num_tensors == 1 else "s")
+    ui.show(f"{done.source} → {done.output} ({done.format}, {tensors}, {human_bytes(done.output.stat().st_size)})")
     if done.aliases:
         ui.show("shared: " + ", ".join(f"{a} = {k}" for a, k in done.aliases.items()))
     if done.cloned:

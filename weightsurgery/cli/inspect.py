@@ -104,5 +104,10 @@ def _jsonable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _short(value: Any, limit: int = 400) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={v}" for k, v in value.items())
+    elif isinstance(value, list):
+        text = ", ".join(map(str, value))
+    else:
+        text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,7 +15,7 @@ import importlib.metadata
 import logging
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -133,9 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _logging(ui: UI, *, verbose: bool) -> Iterator[None]:
-    """Route the library's log records and warnings to stderr for the length of one run."""
-    handler = logging.StreamHandler(ui.err.file)
-    handler.setFormatter(_Formatter())
+    """Route the library's log records and warnings to stderr for the length of one run.
+
+    A message both logged and raised as a warning (the ``weights_only=False``
+    notice) is printed once.
+    """
+    printed: set[str] = set()
+
+    def emit(line: str) -> None:
+        if line not in printed:
+            printed.add(line)
+            ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    handler = _Handler(emit)
     logger = logging.getLogger("weightsurgery")
     level = logging.ERROR if ui.quiet else logging.INFO if verbose else logging.WARNING
     old_level, old_propagate = logger.level, logger.propagate
@@ -147,7 +157,7 @@ def _logging(ui: UI, *, verbose: bool) -> Iterator[None]:
             if ui.quiet:
                 warnings.simplefilter("ignore")
             else:
-                warnings.showwarning = _show_warning(ui)
+                warnings.showwarning = lambda message, *_, **__: emit(f"warning: {message}")
             yield
     finally:
         logger.removeHandler(handler)
@@ -155,16 +165,15 @@ def _logging(ui: UI, *, verbose: bool) -> Iterator[None]:
         logger.propagate = old_propagate
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+class _Handler(logging.Handler):
+    """Log records as ``level: message`` lines."""
 
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        super().__init__()
+        self._emit = emit
 
-def _show_warning(ui: UI) -> Any:
-    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-        ui.err.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
-
-    return show
+    def emit(self, record: logging.LogRecord) -> None:
+        self._emit(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
 def _version() -> str:

@@ -31,7 +31,10 @@ STRATEGY = "fused"
 #: family -> (the separate part-name tuples, the fused module names). ``in_proj`` is
 #: MultiheadAttention's ``in_proj_weight``/``in_proj_bias`` on the module itself.
 FAMILIES: Mapping[str, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = {
-    "attention": ((("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj")), ("qkv", "qkv_proj", "in_proj")),
+    "attention": (
+        (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj")),
+        ("qkv", "qkv_proj", "in_proj"),
+    ),
     "gated-mlp": ((("gate_proj", "up_proj"),), ("gate_up_proj",)),
 }
 _LEAVES = ("weight", "bias")
@@ -78,8 +81,10 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
         >>> src = {f"{p}.{t}": TensorMeta((4, 4) if t == "weight" else (4,), torch.float32)
         ...        for p in "qkv" for t in ("weight", "bias")}
         >>> ctx = MatchContext(src, target, list(target.tensors), list(src))
-        >>> [(m.target, m.sources, m.adapter) for m in match_fused(ctx).matches]
-        [('in_proj_weight', ('q.weight', 'k.weight', 'v.weight'), 'fuse'), ('in_proj_bias', ('q.bias', 'k.bias', 'v.bias'), 'fuse')]
+        >>> for m in match_fused(ctx).matches:
+        ...     print(m.target, m.sources, m.adapter)
+        in_proj_weight ('q.weight', 'k.weight', 'v.weight') fuse
+        in_proj_bias ('q.bias', 'k.bias', 'v.bias') fuse
     """
     src_fused, src_parts = _scan(ctx.open_sources)
     tgt_fused, tgt_parts = _scan(ctx.open_targets)
@@ -101,8 +106,13 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
             continue
         keys = tuple(k for k in group.keys if k is not None)
         m = Match(
-            target=fused.key, source=keys[0], strategy=STRATEGY, sources=keys, adapter="fuse",
-            adapter_args={"dim": 0}, evidence=f"fused {', '.join(group.names)} of {group.module or '(root)'!r}",
+            target=fused.key,
+            source=keys[0],
+            strategy=STRATEGY,
+            sources=keys,
+            adapter="fuse",
+            adapter_args={"dim": 0},
+            evidence=f"fused {', '.join(group.names)} of {group.module or '(root)'!r}",
         )
         for k in keys:
             claims[k].append([m])
@@ -124,7 +134,10 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
         sizes = [ctx.target.tensors[k].shape[0] for k in parts.keys if k]
         group_matches = [
             Match(
-                target=k, source=found.key, strategy=STRATEGY, adapter="split",
+                target=k,
+                source=found.key,
+                strategy=STRATEGY,
+                adapter="split",
                 adapter_args={"index": i, "sizes": sizes, "dim": 0},
                 evidence=f"part {i} ({parts.names[i]}) of fused {found.key!r}",
             )
@@ -139,8 +152,12 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
             for g in groups:
                 taken.add(id(g[0]))
                 abstentions += [
-                    Abstain(m.target, f"source {key!r} fits several fused groups; add a rename or AdaptRule",
-                            (key,), STRATEGY)
+                    Abstain(
+                        m.target,
+                        f"source {key!r} fits several fused groups; add a rename or AdaptRule",
+                        (key,),
+                        STRATEGY,
+                    )
                     for m in g
                 ]
     seen: set[int] = set()
@@ -197,7 +214,7 @@ def _pick(module: str, candidates: list) -> object:
 
 def _fuse_problem(fused: _Fused, group: _Parts, ctx: MatchContext) -> str:
     if not group.complete:
-        absent = [n for n, k in zip(group.names, group.keys) if k is None]
+        absent = [n for n, k in zip(group.names, group.keys, strict=True) if k is None]
         return f"{fused.key} is fused but the source has no {', '.join(absent)} {fused.leaf} in {group.module!r}"
     shapes = [ctx.source[k].shape for k in group.keys if k]
     return _sum_problem(ctx.target.tensors[fused.key].shape, shapes, fused.key, group.keys)
@@ -205,7 +222,7 @@ def _fuse_problem(fused: _Fused, group: _Parts, ctx: MatchContext) -> str:
 
 def _split_problem(parts: _Parts, fused: _Fused, ctx: MatchContext) -> str:
     if not parts.complete:
-        absent = [n for n, k in zip(parts.names, parts.keys) if k is None]
+        absent = [n for n, k in zip(parts.names, parts.keys, strict=True) if k is None]
         return f"source {fused.key} is fused but the target has no {', '.join(absent)} {parts.leaf}"
     shapes = [ctx.target.tensors[k].shape for k in parts.keys if k]
     return _sum_problem(ctx.source[fused.key].shape, shapes, fused.key, parts.keys)
@@ -214,7 +231,7 @@ def _split_problem(parts: _Parts, fused: _Fused, ctx: MatchContext) -> str:
 def _sum_problem(whole: tuple[int, ...], shapes: list[tuple[int, ...]], fused_key: str, keys: tuple) -> str:
     rest = {s[1:] for s in shapes}
     if not whole or rest != {whole[1:]} or any(not s for s in shapes) or sum(s[0] for s in shapes) != whole[0]:
-        listed = ", ".join(f"{k} {tuple(s)}" for k, s in zip(keys, shapes))
+        listed = ", ".join(f"{k} {tuple(s)}" for k, s in zip(keys, shapes, strict=True))
         return f"shapes do not add up: {fused_key} {tuple(whole)} vs {listed}"
     return ""
 

@@ -46,9 +46,7 @@ def natural_key(key: str) -> NaturalKey:
     """
     out = []
     for component in key.split("."):
-        chunks = tuple(
-            (0, int(c), "") if c.isdigit() else (1, 0, c) for c in _CHUNKS.findall(component)
-        )
+        chunks = tuple((0, int(c), "") if c.isdigit() else (1, 0, c) for c in _CHUNKS.findall(component))
         out.append(chunks)
     return tuple(out)
 

@@ -38,6 +38,7 @@ import torch
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
 from weightsurgery.match.order import looks_sorted
 from weightsurgery.match.structure_align import align
+from weightsurgery.match.structure_bags import align_bags
 from weightsurgery.match.structure_groups import Group, build_groups, describe, sequence
 from weightsurgery.match.structure_leaves import counterpart, pair_leaves
 from weightsurgery.match.structure_siblings import resolve_siblings
@@ -68,13 +69,21 @@ class _Pair:
 
 @dataclass
 class _Outcome:
-    """Module pairs accepted so far and the reasons for the ones refused."""
+    """Module pairs accepted so far and the reasons for the ones refused.
+
+    Attributes:
+        accepted: module pairs to load.
+        abstentions: reasons for the modules left open.
+        settled_t: target groups accepted or reported ambiguous (by ``Group.index``).
+        settled_s: source groups accepted or contested.
+        tied: alignment ties per target group, reported unless a unique signature settles them.
+    """
 
     accepted: list[_Pair]
     abstentions: list[Abstain]
-    settled_t: set[int]  # target groups accepted or reported ambiguous
+    settled_t: set[int]
     settled_s: set[int]
-    tied: dict[int, list[Abstain]] = field(default_factory=dict)  # alignment ties, unless a unique signature settles them
+    tied: dict[int, list[Abstain]] = field(default_factory=dict)
 
 
 def match_structure(ctx: MatchContext) -> StrategyResult:
@@ -108,10 +117,12 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
         return StrategyResult()
     t_trusted, s_trusted = not looks_sorted(list(spec)), not looks_sorted(list(ctx.source))
     canonical = not (t_trusted and s_trusted)
-    ts = sequence(t_all, trusted=t_trusted, canonical=canonical)
-    ss = sequence(s_all, trusted=s_trusted, canonical=canonical)
+    ts, ss = sequence(t_all, trusted=t_trusted), sequence(s_all, trusted=s_trusted)
 
-    outcome = _align(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted, canonical=canonical)
+    if canonical:
+        outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
+    else:
+        outcome = _align(ts, ss)
     outcome.accepted += _residual(ts, ss, outcome)
     for index, refusals in outcome.tied.items():
         if index not in outcome.settled_t:
@@ -121,7 +132,9 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     matches = _tensor_matches(outcome)
 
     if not _related(ctx, matches, outcome.accepted, ts, ss):
-        logger.info("structure: source and target look unrelated (%d of %d target tensors aligned)", len(matches), len(spec))
+        logger.info(
+            "structure: source and target look unrelated (%d of %d target tensors aligned)", len(matches), len(spec)
+        )
         reason = (
             f"unrelated: structural alignment explains too little of the smaller side (under {MIN_COVERAGE:.0%}) "
             "to trust the pairing with {source}; map it explicitly with rename= if it is right"
@@ -134,8 +147,8 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     return StrategyResult(matches, outcome.abstentions)
 
 
-def _align(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trusted: bool, canonical: bool) -> _Outcome:
-    """Pairs every optimal alignment agrees on, siblings sorted out, anchors marked."""
+def _align(ts: Sequence[Group], ss: Sequence[Group]) -> _Outcome:
+    """Both sides in module order: pairs every optimal alignment agrees on, siblings sorted out, anchors marked."""
     alignment = align(_weights(ts, ss))
     certain = {i: j for i in range(len(ts)) if (j := alignment.certain(i)) is not None}
     runs = _run_lengths(certain)
@@ -146,26 +159,15 @@ def _align(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trust
         evidence = f"aligned module {_p(ss[j].path)} <-> {_p(ts[i].path)} ({describe(ts[i].signature)}) {span}"
         pairs.append(_Pair(ts[i], ss[j], evidence, runs[i] >= MIN_RUN or whole))
 
-    siblings = resolve_siblings(
-        [(p.t, p.s) for p in pairs], ts, ss, t_trusted=t_trusted, s_trusted=s_trusted, by_bag=canonical
-    )
+    siblings = resolve_siblings([(p.t, p.s) for p in pairs], ts, ss)
     kept = [pairs[n] for n in siblings.kept]
     for t, s, members in siblings.named:
         among = ", ".join(_p(pairs[n].s.path) for n in members)
-        evidence = f"aligned module {_p(s.path)} <-> {_p(t.path)} ({describe(t.signature)}); names pick it among {among}"
-        kept.append(_Pair(t, s, evidence, all(pairs[n].anchored for n in members)))
-    outcome = _Outcome([p for p in kept if p.anchored], [], set(), set())
-    for t_set, s_set in siblings.contested:
-        outcome.abstentions += _abstain_groups(
-            t_set,
-            s_set,
-            f"ambiguous: same-shaped modules {', '.join(_p(g.path) for g in t_set)} and "
-            f"{', '.join(_p(g.path) for g in s_set)} sit in no telling order and their names do not pair them",
+        evidence = (
+            f"aligned module {_p(s.path)} <-> {_p(t.path)} ({describe(t.signature)}); names pick it among {among}"
         )
-        outcome.settled_t.update(g.index for g in t_set)
-        outcome.settled_s.update(g.index for g in s_set)
-    outcome.settled_t.update(p.t.index for p in outcome.accepted)
-    outcome.settled_s.update(p.s.index for p in outcome.accepted)
+        kept.append(_Pair(t, s, evidence, all(pairs[n].anchored for n in members)))
+    outcome = _settle([p for p in kept if p.anchored], siblings.contested)
     for i, t in enumerate(ts):
         if i not in certain and alignment.partners[i] and t.index not in outcome.settled_t:
             rivals = [ss[j] for j in alignment.partners[i]]
@@ -175,6 +177,27 @@ def _align(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trust
                 f"ambiguous: module {_p(t.path)} ({describe(t.signature)}) aligns equally well with "
                 f"{', '.join(_p(g.path) for g in rivals)}" + (" or with nothing" if alignment.gap[i] else ""),
             )
+    return outcome
+
+
+def _align_containers(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trusted: bool) -> _Outcome:
+    """A side's order was rebuilt from names: align numbered containers, then the modules inside."""
+    bags = align_bags(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted, min_run=MIN_RUN)
+    return _settle([_Pair(t, s, evidence, True) for t, s, evidence, anchored in bags.pairs if anchored], bags.contested)
+
+
+def _settle(accepted: list[_Pair], contested: Sequence[tuple[Sequence[Group], Sequence[Group]]]) -> _Outcome:
+    """Start an outcome from anchored pairs and the same-shaped sets nothing tells apart."""
+    outcome = _Outcome(accepted, [], {p.t.index for p in accepted}, {p.s.index for p in accepted})
+    for t_set, s_set in contested:
+        outcome.abstentions += _abstain_groups(
+            t_set,
+            s_set,
+            f"ambiguous: same-shaped modules {', '.join(_p(g.path) for g in t_set)} and "
+            f"{', '.join(_p(g.path) for g in s_set)} sit in no telling order and their names do not pair them",
+        )
+        outcome.settled_t.update(g.index for g in t_set)
+        outcome.settled_s.update(g.index for g in s_set)
     return outcome
 
 
@@ -252,8 +275,8 @@ def _residual(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> li
             why = "names agree"
         else:
             continue
-        evidence = f"only module left with signature {describe(t.signature)} on both sides: {_p(s.path)} <-> {_p(t.path)} ({why})"
-        out.append(_Pair(t, s, evidence))
+        evidence = f"only module left with signature {describe(t.signature)} on both sides"
+        out.append(_Pair(t, s, f"{evidence}: {_p(s.path)} <-> {_p(t.path)} ({why})"))
         outcome.settled_t.add(t.index)
         outcome.settled_s.add(s.index)
     return out
@@ -298,5 +321,9 @@ def _abstain_groups(t_set: Sequence[Group], s_set: Sequence[Group], reason: str)
     for t in t_set:
         for leaf, key in {**t.leaves, **t.counters}.items():
             candidates = tuple(c for s in s_set if (c := counterpart(leaf, t, s)) is not None)
-            out.append(Abstain(key, f"{reason}; map {key} explicitly with rename= if you know the source", candidates, STRATEGY))
+            out.append(
+                Abstain(
+                    key, f"{reason}; map {key} explicitly with rename= if you know the source", candidates, STRATEGY
+                )
+            )
     return out

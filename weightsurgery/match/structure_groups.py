@@ -8,22 +8,17 @@ multiset of its tensors' shapes and dtype kinds, blind to leaf names, so that
 
 A side's groups come in module order when its keys are (a ``torch.save`` state
 dict, a live model). When the keys are sorted (a safetensors file), the order is
-rebuilt from names (:func:`~weightsurgery.match.order.natural_order`), and
-within each *bag* (the modules under one numbered container, such as
-``blocks.7``) the order of differently named siblings is unknown. Then both
-sides list each bag's groups by signature, so the same modules line up whatever
-their names.
+rebuilt from names (:func:`sequence`); numbers then order numbered containers,
+the *bags* (``blocks.7``), but not differently named siblings inside one.
 
-A *clique* is a set of same-signature groups in one parent (or one bag, when
-order was rebuilt). Whether their order can pair them is decided by
-:func:`clique_ordered`: names that differ only in numbers (``bn0``, ``bn1``)
-order them; so does a module between them in a trusted order. Otherwise
-(``query``, ``key``, ``value``) only names can pair them.
+A *clique* is a set of same-signature groups in one parent. Whether their order
+can pair them is decided by :func:`clique_ordered`: names that differ only in
+numbers (``bn0``, ``bn1``) order them; so does a module between them in a
+trusted order. Otherwise (``query``, ``key``, ``value``) only names can pair them.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,10 +71,14 @@ class Group:
 
     @property
     def bag(self) -> str:
-        """The parent path cut after its last numeric component: the numbered container this module sits in."""
+        """The numbered container this module sits in: its parent path cut after the last component with a digit.
+
+        ``_blocks.7._bn1`` sits in ``_blocks.7``, ``b1_2.conv_dw`` in ``b1_2``,
+        ``layer1.0.downsample.0`` in ``layer1.0``, ``stem.conv`` in the root bag ``""``.
+        """
         parts = self.parent.split(".") if self.parent else []
         for i in range(len(parts) - 1, -1, -1):
-            if parts[i].isdigit():
+            if any(c.isdigit() for c in parts[i]):
                 return ".".join(parts[: i + 1])
         return ""
 
@@ -131,14 +130,12 @@ def build_groups(
     return groups
 
 
-def sequence(groups: Sequence[Group], *, trusted: bool, canonical: bool) -> list[Group]:
-    """The order alignment runs in.
+def sequence(groups: Sequence[Group], *, trusted: bool) -> list[Group]:
+    """One side's groups in module order: as listed, or rebuilt from names (numbers as numbers).
 
     Args:
         groups: one side's groups in listed order.
         trusted: the listed order is module order.
-        canonical: list each bag's groups by signature (when either side's order
-            was rebuilt from names).
 
     Returns:
         The groups in alignment order.
@@ -147,21 +144,15 @@ def sequence(groups: Sequence[Group], *, trusted: bool, canonical: bool) -> list
         >>> import torch
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> m = {"b.10.w": f(2), "b.9.w": f(3), "b.9.v": f(1)}
-        >>> [g.path for g in sequence(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))), trusted=False, canonical=False)]
+        >>> groups = build_groups(m, m, lambda k: tuple(k.rsplit(".", 1)))
+        >>> [g.path for g in sequence(groups, trusted=False)]
         ['b.9', 'b.10']
     """
-    ordered = list(groups) if trusted else sorted(groups, key=lambda g: natural_key(g.path))
-    if not canonical:
-        return ordered
-    position = {id(g): i for i, g in enumerate(ordered)}
-    out: list[Group] = []
-    for _bag, run in itertools.groupby(ordered, key=lambda g: g.bag):
-        out += sorted(run, key=lambda g: (g.signature, position[id(g)]))
-    return out
+    return list(groups) if trusted else sorted(groups, key=lambda g: natural_key(g.path))
 
 
-def cliques(groups: Sequence[Group], *, by_bag: bool) -> dict[int, list[Group]]:
-    """Same-signature groups that share a parent (or a bag): group index -> its clique.
+def cliques(groups: Sequence[Group]) -> dict[int, list[Group]]:
+    """Same-signature groups that share a parent: group index -> its clique.
 
     Only cliques of two or more are returned.
 
@@ -169,13 +160,13 @@ def cliques(groups: Sequence[Group], *, by_bag: bool) -> dict[int, list[Group]]:
         >>> import torch
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> m = {"attn.q.weight": f(4, 4), "attn.k.weight": f(4, 4), "attn.o.weight": f(2, 4)}
-        >>> found = cliques(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))), by_bag=False)
+        >>> found = cliques(build_groups(m, m, lambda k: tuple(k.rsplit(".", 1))))
         >>> sorted(g.path for g in found[0])
         ['attn.k', 'attn.q']
     """
     sets: dict[tuple[str, Signature], list[Group]] = defaultdict(list)
     for g in groups:
-        sets[(g.bag if by_bag else g.parent, g.signature)].append(g)
+        sets[(g.parent, g.signature)].append(g)
     return {g.index: members for members in sets.values() if len(members) > 1 for g in members}
 
 

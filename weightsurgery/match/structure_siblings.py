@@ -1,11 +1,10 @@
 """Same-shaped siblings: when alignment order cannot say which is which, only names may.
 
-An alignment pairs modules in order. Among same-signature siblings that order
-means nothing when it carries no evidence (``q``, ``k``, ``v`` side by side;
-any siblings of a checkpoint whose order was rebuilt from sorted names), or when
-the two sides hold different numbers of them. Such aligned pairs are pooled per
-sibling set and re-paired by names: a pair is kept only when each is the
-other's strictly best-named candidate (``q`` and ``query``). The rest are
+An alignment in module order pairs modules in order. Among same-signature
+siblings that order means nothing when it carries no evidence: ``q``, ``k``,
+``v`` side by side, with names unrelated to their place. Such aligned pairs are
+pooled per sibling set and re-paired by names: a pair is kept only when each is
+the other's strictly best-named candidate (``q`` and ``query``). The rest are
 *contested* and left for the caller to report as ambiguous.
 """
 
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from weightsurgery.match.structure_groups import Group, clique_ordered, cliques
 from weightsurgery.match.tokens import name_similarity
 
-__all__ = ["SiblingResolution", "resolve_siblings"]
+__all__ = ["SiblingResolution", "mutual_best", "resolve_siblings"]
 
 _Key = tuple[str, tuple[int, ...]]
 
@@ -42,10 +41,6 @@ def resolve_siblings(
     pairs: Sequence[tuple[Group, Group]],
     ts: Sequence[Group],
     ss: Sequence[Group],
-    *,
-    t_trusted: bool,
-    s_trusted: bool,
-    by_bag: bool,
 ) -> SiblingResolution:
     """Check each aligned pair against its sibling sets; re-pair the doubtful ones by names.
 
@@ -53,10 +48,6 @@ def resolve_siblings(
         pairs: aligned ``(target group, source group)`` pairs.
         ts: every open target group.
         ss: every open source group.
-        t_trusted: the target's listed order is module order.
-        s_trusted: the source's listed order is module order.
-        by_bag: siblings are counted per numbered container (order rebuilt from
-            names) rather than per parent module.
 
     Returns:
         The pairs kept, re-paired and contested.
@@ -68,12 +59,12 @@ def resolve_siblings(
         >>> w = TensorMeta((4, 4), torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
         >>> ts = build_groups(["attn.q.weight", "attn.k.weight"], {"attn.q.weight": w, "attn.k.weight": w}, split)
-        >>> ss = build_groups(["att.key.weight", "att.query.weight"], {"att.key.weight": w, "att.query.weight": w}, split)
-        >>> res = resolve_siblings(list(zip(ts, ss)), ts, ss, t_trusted=True, s_trusted=False, by_bag=True)
+        >>> ss = build_groups(["at.key.weight", "at.query.weight"], {"at.key.weight": w, "at.query.weight": w}, split)
+        >>> res = resolve_siblings(list(zip(ts, ss)), ts, ss)
         >>> [(t.path, s.path) for t, s, _ in res.named]
-        [('attn.q', 'att.query'), ('attn.k', 'att.key')]
+        [('attn.q', 'at.query'), ('attn.k', 'at.key')]
     """
-    t_cl, s_cl = cliques(ts, by_bag=by_bag), cliques(ss, by_bag=by_bag)
+    t_cl, s_cl = cliques(ts), cliques(ss)
     link: dict[_Key, _Key] = {}
 
     def find(key: _Key) -> _Key:
@@ -85,10 +76,8 @@ def resolve_siblings(
     flagged: dict[int, _Key] = {}
     for n, (t, s) in enumerate(pairs):
         tc, sc = t_cl.get(t.index), s_cl.get(s.index)
-        doubtful = (
-            (tc is not None and not clique_ordered(tc, trusted=t_trusted))
-            or (sc is not None and not clique_ordered(sc, trusted=s_trusted))
-            or (by_bag and len(tc or (t,)) != len(sc or (s,)))
+        doubtful = (tc is not None and not clique_ordered(tc, trusted=True)) or (
+            sc is not None and not clique_ordered(sc, trusted=True)
         )
         keys = [("t", _ids(tc)) if tc else None, ("s", _ids(sc)) if sc else None]
         present = [k for k in keys if k is not None]
@@ -109,7 +98,7 @@ def resolve_siblings(
     for members in components.values():
         t_set = _pool((pairs[n][0] for n in members), t_cl, taken_t)
         s_set = _pool((pairs[n][1] for n in members), s_cl, taken_s)
-        chosen = _mutual_best(t_set, s_set)
+        chosen = mutual_best(t_set, s_set)
         named += [(t, s, tuple(members)) for t, s in chosen]
         paired_t = {t.index for t, _ in chosen}
         paired_s = {s.index for _, s in chosen}
@@ -134,8 +123,18 @@ def _pool(groups: Iterable[Group], found: dict[int, list[Group]], taken: set[int
     return sorted(out.values(), key=lambda g: g.index)
 
 
-def _mutual_best(t_set: Sequence[Group], s_set: Sequence[Group]) -> list[tuple[Group, Group]]:
-    """Pairs that are each other's strictly best-named candidate, with some name in common."""
+def mutual_best(t_set: Sequence[Group], s_set: Sequence[Group]) -> list[tuple[Group, Group]]:
+    """Pairs that are each other's strictly best-named candidate, with some name in common.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> m = {k: TensorMeta((4, 4), torch.float32) for k in ("a.q.w", "a.k.w", "b.key.w", "b.value.w")}
+        >>> groups = build_groups(m, m, lambda k: tuple(k.rsplit(".", 1)))
+        >>> [(t.path, s.path) for t, s in mutual_best(groups[:2], groups[2:])]
+        [('a.k', 'b.key')]
+    """
     sim = {(t.index, s.index): name_similarity(t.path, s.path) for t in t_set for s in s_set}
 
     def strict_best(scores: list[tuple[float, int]]) -> int | None:

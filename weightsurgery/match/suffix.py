@@ -125,7 +125,12 @@ def match_suffix(ctx: MatchContext) -> StrategyResult:
         if len(best) == 1:
             c = best[0]
             matches.append(
-                Match(c.target, source, STRATEGY, f"longest common suffix '{_tail(source, c.length)}' ({c.length} components)")
+                Match(
+                    c.target,
+                    source,
+                    STRATEGY,
+                    f"longest common suffix '{_tail(source, c.length)}' ({c.length} components)",
+                )
             )
         losers = rivals if len(best) > 1 else [c for c in rivals if c is not best[0]]
         others = [c.target for c in rivals]

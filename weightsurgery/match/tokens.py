@@ -38,6 +38,8 @@ _COMPOUNDS: dict[tuple[str, str], str] = {
     ("rms", "norm"): "norm",
     ("instance", "norm"): "norm",
     ("feed", "forward"): "mlp",
+    ("squeeze", "excite"): "squeeze_excite",
+    ("squeeze", "excitation"): "squeeze_excite",
     ("running", "mean"): "mean",
     ("moving", "mean"): "mean",
     ("running", "var"): "var",
@@ -140,9 +142,9 @@ def concepts(name: str) -> tuple[str, ...]:
     out: list[str] = []
     i = 0
     while i < len(words):
-        pair = tuple(words[i : i + 2])
-        if len(pair) == 2 and pair in _COMPOUNDS:
-            out.append(_COMPOUNDS[pair])  # type: ignore[index]
+        compound = _COMPOUNDS.get((words[i], words[i + 1])) if i + 1 < len(words) else None
+        if compound is not None:
+            out.append(compound)
             i += 2
             continue
         word = words[i]
@@ -174,13 +176,22 @@ def name_similarity(a: str, b: str) -> float:
         >>> name_similarity("q", "key")
         0.0
     """
-    ca, cb = Counter(concepts(a)), Counter(concepts(b))
-    total = sum(ca.values()) + sum(cb.values())
+    ca, cb = _concept_counts(a), _concept_counts(b)
+    total = len(concepts(a)) + len(concepts(b))
     if total == 0:
         return 0.0
-    return 2.0 * sum((ca & cb).values()) / total
+    if len(ca) > len(cb):
+        ca, cb = cb, ca
+    shared = sum(min(n, cb.get(c, 0)) for c, n in ca.items())
+    return 2.0 * shared / total
 
 
+@lru_cache(maxsize=65536)
+def _concept_counts(name: str) -> Counter[str]:
+    return Counter(concepts(name))
+
+
+@lru_cache(maxsize=65536)
 def numeric_components(key: str) -> tuple[int, ...]:
     """The purely numeric components of a dotted key (container indices).
 

@@ -18,7 +18,7 @@ from weightsurgery.errors import UnknownSourceError
 from weightsurgery.sources import url as url_source
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 
-__all__ = ["find_weights", "model_names", "open_weights"]
+__all__ = ["find_weights", "model_names", "model_of", "open_weights", "weights_metadata"]
 
 logger = logging.getLogger(__name__)
 

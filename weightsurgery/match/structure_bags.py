@@ -1,0 +1,171 @@
+"""Alignment by numbered containers, for a side whose module order was rebuilt from sorted names.
+
+A safetensors file lists ``_blocks.4._bn0``, ``_blocks.4._bn1``,
+``_blocks.4._depthwise_conv``...: the blocks come in their true (numeric)
+order, but the modules inside a block come alphabetically, which says nothing.
+So order is used only where numbers make it real:
+
+1. each side's modules are pooled into *bags*, one per numbered container
+   (:attr:`~weightsurgery.match.structure_groups.Group.bag`);
+2. the bag sequences are aligned (numbers order them), scoring a bag pair by the
+   tensors their modules have in common; only pairs every optimal alignment
+   makes are used;
+3. inside a bag pair, a signature held by one module on each side pairs them;
+   several same-signature modules pair in order only where their names order
+   them on both sides (``bn0``, ``bn1``), else by names (``q``/``query``), else
+   not at all.
+
+A bag pair anchors its modules when it pairs at least ``min_run`` of them, or
+every module of both bags.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from weightsurgery.match.order import natural_key
+from weightsurgery.match.structure_align import align
+from weightsurgery.match.structure_groups import Group, clique_ordered, describe
+from weightsurgery.match.structure_siblings import mutual_best
+from weightsurgery.match.tokens import index_agreement, name_similarity
+
+__all__ = ["BagAlignment", "align_bags"]
+
+_NAME_SCALE = 64
+
+
+@dataclass(frozen=True)
+class BagAlignment:
+    """Module pairs found through aligned bags.
+
+    Attributes:
+        pairs: ``(target, source, evidence, anchored)`` per module pair.
+        contested: ``(targets, sources)`` same-signature modules nothing tells apart.
+    """
+
+    pairs: tuple[tuple[Group, Group, str, bool], ...]
+    contested: tuple[tuple[tuple[Group, ...], tuple[Group, ...]], ...]
+
+
+def align_bags(
+    ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trusted: bool, min_run: int
+) -> BagAlignment:
+    """Align numbered containers, then pair the modules inside each aligned pair.
+
+    Args:
+        ts: the target's groups.
+        ss: the source's groups.
+        t_trusted: the target's listed order is module order.
+        s_trusted: the source's listed order is module order.
+        min_run: the paired modules that make a bag pair an anchor.
+
+    Returns:
+        The module pairs and the contested same-signature sets.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> split = lambda k: tuple(k.rsplit(".", 1))
+        >>> t = {"b.0.x.w": f(2, 2), "b.0.y.w": f(3, 2), "b.0.z.w": f(4, 2), "b.1.x.w": f(5, 5)}
+        >>> s = {"l.0.m.w": f(4, 2), "l.0.n.w": f(2, 2), "l.0.o.w": f(3, 2), "l.1.p.w": f(5, 5)}
+        >>> res = align_bags(build_groups(t, t, split), build_groups(s, s, split), t_trusted=False, s_trusted=False,
+        ...                  min_run=3)
+        >>> [(a.path, b.path, anchored) for a, b, _, anchored in res.pairs]
+        [('b.0.x', 'l.0.n', True), ('b.0.y', 'l.0.o', True), ('b.0.z', 'l.0.m', True), ('b.1.x', 'l.1.p', False)]
+    """
+    t_bags, s_bags = _bags(ts, trusted=t_trusted), _bags(ss, trusted=s_trusted)
+    t_keys, s_keys = list(t_bags), list(s_bags)
+    alignment = align(_bag_weights(t_bags, s_bags))
+    pairs: list[tuple[Group, Group, str, bool]] = []
+    contested: list[tuple[tuple[Group, ...], tuple[Group, ...]]] = []
+    for i, t_key in enumerate(t_keys):
+        j = alignment.certain(i)
+        if j is None:
+            continue
+        s_key = s_keys[j]
+        found, disputed = _pair_inside(t_bags[t_key], s_bags[s_key], t_trusted=t_trusted, s_trusted=s_trusted)
+        contested += disputed
+        whole = len(found) == len(t_bags[t_key]) == len(s_bags[s_key])
+        anchored = len(found) >= min_run or (whole and len(found) > 1)
+        for t, s, how in found:
+            evidence = (
+                f"aligned module {s.path or '(root)'} <-> {t.path or '(root)'} ({describe(t.signature)}) "
+                f"in aligned containers {s_key or '(root)'} <-> {t_key or '(root)'} ({len(found)} modules paired)"
+            )
+            pairs.append((t, s, evidence + how, anchored))
+    return BagAlignment(tuple(pairs), tuple(contested))
+
+
+def _bags(groups: Sequence[Group], *, trusted: bool) -> dict[str, list[Group]]:
+    """Bag key -> its groups; bags in first-appearance (trusted) or numeric (rebuilt) order."""
+    ordered = list(groups) if trusted else sorted(groups, key=lambda g: natural_key(g.path))
+    bags: dict[str, list[Group]] = {}
+    for g in ordered:
+        bags.setdefault(g.bag, []).append(g)
+    if trusted:
+        return bags
+    return {k: bags[k] for k in sorted(bags, key=natural_key)}
+
+
+def _bag_weights(t_bags: dict[str, list[Group]], s_bags: dict[str, list[Group]]) -> torch.Tensor:
+    """Bag pair score: tensors in common first, bag-name evidence as a tie-breaker."""
+    t_sigs = [_signature_counts(g) for g in t_bags.values()]
+    s_sigs = [_signature_counts(g) for g in s_bags.values()]
+    unit = _NAME_SCALE * min(len(t_sigs), len(s_sigs)) + 1
+    weights = torch.full((len(t_sigs), len(s_sigs)), -1, dtype=torch.int64)
+    for i, (tk, tc) in enumerate(zip(t_bags, t_sigs)):
+        for j, (sk, sc) in enumerate(zip(s_bags, s_sigs)):
+            shared = sum(min(n, sc[sig]) * len(sig) for sig, n in tc.items() if sig in sc)
+            if shared:
+                names = 0.75 * name_similarity(tk, sk) + 0.25 * index_agreement(tk, sk)
+                weights[i, j] = shared * unit + round((_NAME_SCALE - 1) * names)
+    return weights
+
+
+def _signature_counts(groups: Sequence[Group]) -> dict[object, int]:
+    counts: dict[object, int] = defaultdict(int)
+    for g in groups:
+        counts[g.signature] += 1
+    return counts
+
+
+def _pair_inside(
+    t_bag: Sequence[Group], s_bag: Sequence[Group], *, t_trusted: bool, s_trusted: bool
+) -> tuple[list[tuple[Group, Group, str]], list[tuple[tuple[Group, ...], tuple[Group, ...]]]]:
+    """Pair two aligned bags' modules by signature; order and names only where they tell."""
+    by_sig_s: dict[object, list[Group]] = defaultdict(list)
+    for s in s_bag:
+        by_sig_s[s.signature].append(s)
+    by_sig_t: dict[object, list[Group]] = defaultdict(list)
+    for t in t_bag:
+        by_sig_t[t.signature].append(t)
+    found: list[tuple[Group, Group, str]] = []
+    contested: list[tuple[tuple[Group, ...], tuple[Group, ...]]] = []
+    for sig, t_set in by_sig_t.items():
+        s_set = by_sig_s.get(sig, [])
+        if not s_set:
+            continue
+        if len(t_set) == len(s_set) == 1:
+            found.append((t_set[0], s_set[0], ""))
+            continue
+        if (
+            len(t_set) == len(s_set)
+            and clique_ordered(t_set, trusted=t_trusted)
+            and clique_ordered(s_set, trusted=s_trusted)
+        ):
+            found += [(t, s, "; their numbering orders the twins") for t, s in zip(t_set, s_set)]
+            continue
+        chosen = mutual_best(t_set, s_set)
+        found += [(t, s, "; names pick it among its twins") for t, s in chosen]
+        rest_t = tuple(t for t in t_set if all(t is not c for c, _ in chosen))
+        rest_s = tuple(s for s in s_set if all(s is not c for _, c in chosen))
+        if rest_t and rest_s:
+            contested.append((rest_t, rest_s))
+    found.sort(key=lambda pair: t_bag.index(pair[0]))
+    return found, contested
