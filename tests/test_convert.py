@@ -61,6 +61,8 @@ def test_metadata_travels_both_ways(tmp_path: Path):
     assert _header(tmp_path / "a.safetensors")[1] == {"format": "pt", "epoch": "3", "arch": "mlp"}
     convert_checkpoint(tmp_path / "a.safetensors", tmp_path / "b.pth")
     assert torch.load(tmp_path / "b.pth", weights_only=True)["__metadata__"] == {"epoch": "3", "arch": "mlp"}
+    convert_checkpoint(tmp_path / "b.pth", tmp_path / "c.safetensors")  # and back again: nothing lost
+    assert _header(tmp_path / "c.safetensors")[1] == {"format": "pt", "epoch": "3", "arch": "mlp"}
 
 
 def test_plain_pickle_without_metadata_stays_a_plain_state_dict(tmp_path: Path):

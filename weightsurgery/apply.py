@@ -145,11 +145,12 @@ def apply_plan(
     current = _current_tensors(module, target)
     total = len(copies) + len(init_keys)
 
+    fills = _fills(module, target, copies, init_rules, seed)
     staged: dict[str, torch.Tensor] = {}
     casts: dict[str, tuple[str, str]] = {}
     for i, e in enumerate(copies):
         dst = current[e.target]
-        tensor, sources = _read(checkpoint, e, target)
+        tensor, sources = _read(checkpoint, e, target, fills.tensors.get(e.target))
         if tensor.dtype != dst.dtype:
             casts[e.target] = (str(tensor.dtype).removeprefix("torch."), str(dst.dtype).removeprefix("torch."))
         staged[e.target] = _stage(tensor, dst, sources, owned=checkpoint.owned)
@@ -168,13 +169,25 @@ def apply_plan(
     return ApplyResult(casts=casts, init_specs=dict(init.specs), init_rules=dict(init.rules), frozen=frozen)
 
 
-def _read(checkpoint: Checkpoint, e: PlanEntry, target: TargetSpec) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _fills(module: nn.Module, target: TargetSpec, copies: list[PlanEntry], init_rules: Any, seed: int | None) -> Any:
+    """The fallback init of adapted keys that gain new rows (a grown head, a grown vocabulary)."""
+    from weightsurgery.adapt import get_adapter
+    from weightsurgery.init import compute_init
+
+    keys = [e.target for e in copies if e.action is Action.ADAPT and get_adapter(e.adapter or "").needs_fill(e.adapter_args)]
+    return compute_init(module, target, keys, init_rules, seed=seed)
+
+
+def _read(
+    checkpoint: Checkpoint, e: PlanEntry, target: TargetSpec, fill: torch.Tensor | None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     tensors = [checkpoint.load(s) for s in e.source_keys]
     if e.action is Action.LOAD:
         return tensors[0], tensors
     from weightsurgery.adapt import run_adapter
 
-    return run_adapter(e.adapter or "", tensors, target.tensors[e.target].shape, e.adapter_args), tensors
+    shape = target.tensors[e.target].shape
+    return run_adapter(e.adapter or "", tensors, shape, e.adapter_args, fill=fill, key=e.target), tensors
 
 
 def _stage(tensor: torch.Tensor, dst: torch.Tensor, sources: list[torch.Tensor], *, owned: bool) -> torch.Tensor:

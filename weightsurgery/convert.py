@@ -301,7 +301,7 @@ def _source_metadata(ckpt: Checkpoint) -> dict[str, str]:
     for name, value in ckpt.metadata.items():
         if name == "tied":
             continue
-        if name in ("safetensors", "scalars") and isinstance(value, Mapping):
+        if name in ("safetensors", "file_metadata", "scalars") and isinstance(value, Mapping):
             out.update({str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in value.items()})
         elif value not in (None, {}, [], ()):
             out[str(name)] = value if isinstance(value, str) else json.dumps(value, default=str)

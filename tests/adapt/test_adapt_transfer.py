@@ -126,3 +126,38 @@ def test_recipe_file_with_an_explicit_rule(tmp_path):
     expected = resample_pos_embed(src.pos_embed.detach(), new_grid=(24, 24), interpolation="bilinear")
     assert torch.equal(dst.pos_embed.detach(), expected)
     assert set(report.initialized) == {"head.weight", "head.bias"} and not dst.head.weight.any()
+
+
+def test_grown_head_keeps_copied_rows_and_initializes_new_ones_from_the_fallback_spec():
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6))
+    dst = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    report = transfer(src, dst, classes=[5, 1], init={"2.bias": "constant(0.25)", "*": "zeros"}, seed=0)
+    assert report.records["2.weight"].adapter_args == {"rows": [5, 1, -1, -1]}
+    assert torch.equal(dst[2].weight[:2], src[2].weight[[5, 1]])
+    assert torch.equal(dst[2].weight[2:], torch.zeros(2, 8))  # new rows: the fallback spec
+    assert torch.equal(dst[2].bias[2:], torch.full((2,), 0.25))
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x)[:, :2], src(x)[:, [5, 1]])
+
+
+def test_classes_reorders_a_same_size_head_without_on_mismatch():
+    src = nn.Sequential(nn.Linear(4, 3))
+    dst = nn.Sequential(nn.Linear(4, 3))
+    report = transfer(src, dst, classes=[2, 0, 1])
+    assert report.records["0.weight"].status == "adapted"
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x)[:, [2, 0, 1]])
+
+
+def test_a_rule_with_its_own_sources_fills_a_target_no_strategy_matched():
+    q, k, v = (nn.Linear(4, 4) for _ in range(3))
+    state = {"enc.wq": q.weight.detach(), "enc.wk": k.weight.detach(), "enc.wv": v.weight.detach()}
+    mha = nn.MultiheadAttention(4, 2, bias=False)
+    rule = AdaptRule("in_proj_weight", "fuse", sources=("enc.wq", "enc.wk", "enc.wv"))
+    report = transfer(state, mha, adapt=[rule], seed=0)
+    assert report.records["in_proj_weight"].strategy == "rule"
+    assert torch.equal(mha.in_proj_weight, torch.cat([q.weight, k.weight, v.weight]))
+    assert report.unused == ()

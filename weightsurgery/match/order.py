@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from weightsurgery.match.tokens import leaf_role
+from weightsurgery.match.tokens import alpha_stem, leaf_role
 
-__all__ = ["leaf_rank", "looks_sorted", "natural_key", "natural_order"]
+__all__ = ["leaf_rank", "looks_sorted", "natural_key", "natural_order", "numbered_before"]
 
 _CHUNKS = re.compile(r"\d+|\D+")
 
@@ -114,3 +114,24 @@ def natural_order(keys: Iterable[str]) -> list[str]:
         return natural_key(module), leaf_rank(leaf)
 
     return sorted(keys, key=order)
+
+
+def numbered_before(a: str, b: str) -> bool:
+    """Whether names alone say module ``a`` comes before module ``b``.
+
+    True when the paths first differ in components that differ only in their
+    numbers, and ``a``'s number is smaller (``blocks.9`` before ``blocks.10``,
+    ``bn0`` before ``bn1``), or when ``a`` is a prefix of ``b``. Names that
+    differ in words (``conv_head``, ``conv_stem``) say nothing about order.
+
+    Example:
+        >>> numbered_before("blocks.9.conv", "blocks.10.bn")
+        True
+        >>> numbered_before("conv_head", "conv_stem")
+        False
+    """
+    pa, pb = a.split(".") if a else [], b.split(".") if b else []
+    for ca, cb in zip(pa, pb):
+        if ca != cb:
+            return alpha_stem(ca) == alpha_stem(cb) and natural_key(ca) < natural_key(cb)
+    return len(pa) < len(pb)

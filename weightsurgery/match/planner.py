@@ -21,7 +21,7 @@ import fnmatch
 import importlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -155,6 +155,7 @@ def make_plan(
     decide = _Decider(source, target, options, metadata)
     for key, pattern in _excluded(target, options.exclude).items():
         decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
+    decided.update(decide.ruled(t for t in ctx.open_targets if t not in decided))
     ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
 
     for _name, strategy in _strategy_list(options):
@@ -212,7 +213,7 @@ def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key in target.tensors:
         for p, rx in compiled:
-            if (rx.search(key) if rx else fnmatch.fnmatchcase(key, p)):
+            if rx.search(key) if rx else fnmatch.fnmatchcase(key, p):
                 out[key] = p
                 break
     return out
@@ -238,12 +239,28 @@ class _Decider:
         base = dict(target=m.target, source=m.source, sources=tuple(m.sources), strategy=m.strategy)
         if m.adapter is not None:
             return PlanEntry(
-                **base, action=Action.ADAPT, evidence=m.evidence, adapter=m.adapter,
-                adapter_args=dict(m.adapter_args), source_shape=sshape,
+                **base,
+                action=Action.ADAPT,
+                evidence=m.evidence,
+                adapter=m.adapter,
+                adapter_args=dict(m.adapter_args),
+                source_shape=sshape,
             )
         rule = self._explicit_rule(m)
         if rule is not None:
             return rule
+        if self.options.classes is not None and (sshape == tshape or self.options.on_mismatch != "adapt"):
+            # classes= asks for the head adapter, also for a same-size reorder and without on_mismatch="adapt".
+            proposal = self._propose(m)
+            if isinstance(proposal, tuple) and proposal[0] == "head":
+                return PlanEntry(
+                    **base,
+                    action=Action.ADAPT,
+                    evidence=f"{m.evidence}; classes={list(self.options.classes)}",
+                    adapter="head",
+                    adapter_args=dict(proposal[1]),
+                    source_shape=sshape,
+                )
         if sshape == tshape:
             return PlanEntry(**base, action=Action.LOAD, evidence=m.evidence, source_shape=sshape)
         why = f"shape mismatch: {m.target} {_fmt(tshape)} vs source {m.source} {_fmt(sshape)}"
@@ -252,8 +269,12 @@ class _Decider:
             if isinstance(proposal, tuple):
                 name, args = proposal
                 return PlanEntry(
-                    **base, action=Action.ADAPT, evidence=f"{m.evidence}; {why}".strip("; "),
-                    adapter=name, adapter_args=dict(args), source_shape=sshape,
+                    **base,
+                    action=Action.ADAPT,
+                    evidence=f"{m.evidence}; {why}".strip("; "),
+                    adapter=name,
+                    adapter_args=dict(args),
+                    source_shape=sshape,
                 )
             why = f"{why}; no adapter applies: {proposal}"
         return PlanEntry(m.target, Action.INIT, source=None, strategy=m.strategy, evidence=why, source_shape=sshape)
@@ -278,6 +299,32 @@ class _Decider:
 
         return propose_adapter(m.target, m.source, self._context())
 
+    def ruled(self, targets: Iterable[str]) -> dict[str, PlanEntry]:
+        """Entries for targets that an explicit adapter rule fills from sources it names itself."""
+        sourced = [r for r in self.options.adapt if getattr(r, "sources", ())]
+        if not sourced:
+            return {}
+        from weightsurgery.adapt import match_rule
+
+        out: dict[str, PlanEntry] = {}
+        for key in targets:
+            hit = match_rule(sourced, key, None, self._context())
+            if hit is None or not hit[2]:
+                continue
+            name, args, sources = hit
+            out[key] = PlanEntry(
+                target=key,
+                action=Action.ADAPT,
+                source=sources[0],
+                sources=tuple(sources) if len(sources) > 1 else (),
+                strategy="rule",
+                evidence=f"adapt rule {name} on {', '.join(sources)}",
+                adapter=name,
+                adapter_args=dict(args),
+                source_shape=self.source[sources[0]].shape,
+            )
+        return out
+
     def _explicit_rule(self, m: Match) -> PlanEntry | None:
         if not self.options.adapt:
             return None
@@ -288,9 +335,15 @@ class _Decider:
             return None
         name, args, sources = hit
         return PlanEntry(
-            target=m.target, action=Action.ADAPT, source=sources[0], sources=tuple(sources) if len(sources) > 1 else (),
-            strategy=m.strategy, evidence=f"{m.evidence}; adapt rule {name}".strip("; "), adapter=name,
-            adapter_args=dict(args), source_shape=self.source[sources[0]].shape,
+            target=m.target,
+            action=Action.ADAPT,
+            source=sources[0],
+            sources=tuple(sources) if len(sources) > 1 else (),
+            strategy=m.strategy,
+            evidence=f"{m.evidence}; adapt rule {name}".strip("; "),
+            adapter=name,
+            adapter_args=dict(args),
+            source_shape=self.source[sources[0]].shape,
         )
 
 

@@ -284,9 +284,10 @@ def _residual(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> li
 
 def _unconfirmed(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> list[Abstain]:
     """Reasons for the modules left open that had same-signature candidates."""
+    taken = {p.s.index for p in outcome.accepted}
     free: dict[object, list[Group]] = {}
     for s in ss:
-        if s.index not in outcome.settled_s:
+        if s.index not in taken:
             free.setdefault(s.signature, []).append(s)
     out: list[Abstain] = []
     for t in ts:

@@ -16,7 +16,9 @@ So order is used only where numbers make it real:
    not at all.
 
 A bag pair anchors its modules when it pairs at least ``min_run`` of them, or
-every module of both bags.
+every module of both bags, or sits in a run of ``min_run`` consecutive aligned
+bags whose order numbers make real on both sides, or when every module of both
+sides is paired.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from weightsurgery.match.order import natural_key
+from weightsurgery.match.order import natural_key, numbered_before
 from weightsurgery.match.structure_align import align
 from weightsurgery.match.structure_groups import Group, clique_ordered, describe
 from weightsurgery.match.structure_siblings import mutual_best
@@ -77,29 +79,62 @@ def align_bags(
         >>> res = align_bags(build_groups(t, t, split), build_groups(s, s, split), t_trusted=False, s_trusted=False,
         ...                  min_run=3)
         >>> [(a.path, b.path, anchored) for a, b, _, anchored in res.pairs]
-        [('b.0.x', 'l.0.n', True), ('b.0.y', 'l.0.o', True), ('b.0.z', 'l.0.m', True), ('b.1.x', 'l.1.p', False)]
+        [('b.0.x', 'l.0.n', True), ('b.0.y', 'l.0.o', True), ('b.0.z', 'l.0.m', True), ('b.1.x', 'l.1.p', True)]
     """
     t_bags, s_bags = _bags(ts, trusted=t_trusted), _bags(ss, trusted=s_trusted)
     t_keys, s_keys = list(t_bags), list(s_bags)
     alignment = align(_bag_weights(t_bags, s_bags))
+    certain = {i: j for i in range(len(t_keys)) if (j := alignment.certain(i)) is not None}
+    runs = _runs(certain, t_keys, s_keys, t_trusted=t_trusted, s_trusted=s_trusted)
+    inside = {
+        i: _pair_inside(t_bags[t_keys[i]], s_bags[s_keys[j]], t_trusted=t_trusted, s_trusted=s_trusted)
+        for i, j in certain.items()
+    }
+    complete = len(certain) == len(t_keys) == len(s_keys) and all(
+        len(found) == len(t_bags[t_keys[i]]) == len(s_bags[s_keys[certain[i]]]) for i, (found, _) in inside.items()
+    )
     pairs: list[tuple[Group, Group, str, bool]] = []
     contested: list[tuple[tuple[Group, ...], tuple[Group, ...]]] = []
-    for i, t_key in enumerate(t_keys):
-        j = alignment.certain(i)
-        if j is None:
-            continue
-        s_key = s_keys[j]
-        found, disputed = _pair_inside(t_bags[t_key], s_bags[s_key], t_trusted=t_trusted, s_trusted=s_trusted)
+    for i, (found, disputed) in inside.items():
+        t_key, s_key = t_keys[i], s_keys[certain[i]]
         contested += disputed
         whole = len(found) == len(t_bags[t_key]) == len(s_bags[s_key])
-        anchored = len(found) >= min_run or (whole and len(found) > 1)
+        anchored = complete or len(found) >= min_run or (whole and len(found) > 1) or runs[i] >= min_run
         for t, s, how in found:
             evidence = (
                 f"aligned module {s.path or '(root)'} <-> {t.path or '(root)'} ({describe(t.signature)}) "
-                f"in aligned containers {s_key or '(root)'} <-> {t_key or '(root)'} ({len(found)} modules paired)"
+                f"in aligned slots {s_key or '(root)'} <-> {t_key or '(root)'} "
+                f"({len(found)} modules paired, a run of {runs[i]} aligned slots)"
             )
             pairs.append((t, s, evidence + how, anchored))
     return BagAlignment(tuple(pairs), tuple(contested))
+
+
+def _runs(
+    certain: dict[int, int], t_keys: list[str], s_keys: list[str], *, t_trusted: bool, s_trusted: bool
+) -> dict[int, int]:
+    """Bag row -> length of its run of consecutive aligned bags whose order is real on both sides."""
+
+    def real(keys: list[str], k: int, trusted: bool) -> bool:
+        return trusted or numbered_before(keys[k - 1], keys[k])
+
+    out: dict[int, int] = {}
+    run: list[int] = []
+    for i in sorted(certain):
+        j = certain[i]
+        joined = (
+            run
+            and i == run[-1] + 1
+            and j == certain[run[-1]] + 1
+            and real(t_keys, i, t_trusted)
+            and real(s_keys, j, s_trusted)
+        )
+        if run and not joined:
+            out.update(dict.fromkeys(run, len(run)))
+            run = []
+        run.append(i)
+    out.update(dict.fromkeys(run, len(run)))
+    return out
 
 
 def _bags(groups: Sequence[Group], *, trusted: bool) -> dict[str, list[Group]]:

@@ -71,11 +71,15 @@ class Group:
 
     @property
     def bag(self) -> str:
-        """The numbered container this module sits in: its parent path cut after the last component with a digit.
+        """The numbered slot this module sits in, the unit whose order numbers make real.
 
-        ``_blocks.7._bn1`` sits in ``_blocks.7``, ``b1_2.conv_dw`` in ``b1_2``,
-        ``layer1.0.downsample.0`` in ``layer1.0``, ``stem.conv`` in the root bag ``""``.
+        A module named by a bare index is its own slot (``features.28``,
+        ``layer1.0.downsample.0``); otherwise it sits in its parent path cut
+        after the last component with a digit: ``_blocks.7._bn1`` in
+        ``_blocks.7``, ``b1_2.conv_dw`` in ``b1_2``, ``stem.conv`` in the root ``""``.
         """
+        if self.path.rpartition(".")[2].isdigit():
+            return self.path
         parts = self.parent.split(".") if self.parent else []
         for i in range(len(parts) - 1, -1, -1):
             if any(c.isdigit() for c in parts[i]):

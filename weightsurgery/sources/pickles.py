@@ -74,7 +74,6 @@ def load_pickle(path: Path, *, weights_only: bool) -> object:
             f"loading {path} with weights_only=False runs any code its pickle holds; "
             "do this only for files you trust"
         )
-        logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=2)
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=head == _ZIP_MAGIC)
@@ -128,7 +127,11 @@ def open_pickle(path: Path, *, key: str | None, weights_only: bool, location: st
         )
     found = nested.unwrap(obj, key=key, source=path)
     origin = Origin(SourceKind.PICKLE, str(path) if location is None else location, files=(str(path),))
-    return memory.from_unwrapped(found, obj, origin)
+    ckpt = memory.from_unwrapped(found, obj, origin)
+    header = obj.get("__metadata__")
+    if isinstance(header, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in header.items()):
+        ckpt.metadata["file_metadata"] = dict(header)  # what weightsurgery convert writes, like safetensors' header
+    return ckpt
 
 
 def _unsafe_message(path: Path, exc: pickle.UnpicklingError) -> str:
