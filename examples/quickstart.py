@@ -26,13 +26,20 @@ from torch import nn
 from weightsurgery import transfer
 
 
-def make_net(num_classes: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(64, num_classes),
-    )
+class DigitNet(nn.Module):
+    """A small CNN: a convolutional ``body`` and a linear ``head``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 def split_digits(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = split_digits(args.seed)
 
     # 1-2. Pretrain on digits 0-4 and save a Lightning-style checkpoint.
-    pretrained = make_net(5)
+    pretrained = DigitNet(5)
     train(pretrained, data["pretrain"], args.pretrain_epochs, 3e-3, args.seed)
     print(f"pretrained on digits 0-4: {len(data['pretrain'][1])} images, "
           f"train accuracy {accuracy(pretrained, data['pretrain']):.1%}")
@@ -91,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 "epoch": args.pretrain_epochs - 1, "global_step": 0}, ckpt_path)
 
     # 3. Transfer into a network with a fresh head for digits 5-9.
-    model = make_net(5)
-    report = transfer(ckpt_path, model, exclude=["13.*"],  # the head: same shape, but new classes
+    model = DigitNet(5)
+    report = transfer(ckpt_path, model, exclude=["head.*"],  # same shape, but new classes
                       init={"*.weight": "normal(std=0.01)", "*.bias": "zeros"}, seed=args.seed)
     print()
     print(report)
@@ -102,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results = {}
     runs = {
         "transferred": model,
-        "random init": make_net(5),
-        "constant init": transfer({}, make_net(5), init="constant(0.05)", seed=args.seed).model,
+        "random init": DigitNet(5),
+        "constant init": transfer({}, DigitNet(5), init="constant(0.05)", seed=args.seed).model,
     }
     for name, net in runs.items():
         train(net, data["finetune"], args.finetune_epochs, 3e-3, args.seed)

@@ -14,12 +14,15 @@ strategy:
 3. keeps a module pair only if *every* optimal alignment makes it, and it sits
    in a run of at least :data:`MIN_RUN` consecutive aligned modules (an anchor);
 4. pairs same-signature siblings whose order tells nothing (``q``, ``k``,
-   ``v``) by names, or not at all;
-5. matches a leftover module whose signature is unique on both sides, if it is
-   a weight of two or more dimensions or the names agree (a rebuilt-order
-   checkpoint puts ``conv_stem`` after ``blocks``);
-6. loads nothing unless the two sides are clearly related: at least
-   :data:`MIN_COVERAGE` of the smaller side explained, with an anchor run,
+   ``v``) by names, or not at all (:mod:`~weightsurgery.match.structure_siblings`);
+5. when either side's keys are sorted (a safetensors file), module order is
+   known only where numbers give it, so it aligns numbered containers instead
+   and pairs the modules inside them (:mod:`~weightsurgery.match.structure_bags`);
+6. matches a leftover module whose signature is unique on both sides, if it
+   holds a weight of two or more dimensions or the names agree (``conv_stem``
+   sorts after ``blocks``);
+7. loads nothing unless the two sides are clearly related: at least
+   :data:`MIN_COVERAGE` of the smaller side explained, with an anchor,
    prior name matches, or every open module explained.
 
 What it cannot tell apart it leaves open, with an
@@ -116,13 +119,11 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     if not t_all or not s_all:
         return StrategyResult()
     t_trusted, s_trusted = not looks_sorted(list(spec)), not looks_sorted(list(ctx.source))
-    canonical = not (t_trusted and s_trusted)
     ts, ss = sequence(t_all, trusted=t_trusted), sequence(s_all, trusted=s_trusted)
-
-    if canonical:
-        outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
-    else:
+    if t_trusted and s_trusted:
         outcome = _align(ts, ss)
+    else:  # an order rebuilt from sorted names is real only where numbers give it
+        outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
     outcome.accepted += _residual(ts, ss, outcome)
     for index, refusals in outcome.tied.items():
         if index not in outcome.settled_t:

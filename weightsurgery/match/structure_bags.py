@@ -31,7 +31,7 @@ import torch
 
 from weightsurgery.match.order import natural_key, numbered_before
 from weightsurgery.match.structure_align import align
-from weightsurgery.match.structure_groups import Group, clique_ordered, describe
+from weightsurgery.match.structure_groups import Group, Signature, clique_ordered, describe
 from weightsurgery.match.structure_siblings import mutual_best
 from weightsurgery.match.tokens import index_agreement, name_similarity
 
@@ -150,24 +150,29 @@ def _bags(groups: Sequence[Group], *, trusted: bool) -> dict[str, list[Group]]:
 
 def _bag_weights(t_bags: dict[str, list[Group]], s_bags: dict[str, list[Group]]) -> torch.Tensor:
     """Bag pair score: tensors in common first, bag-name evidence as a tie-breaker."""
-    t_sigs = [_signature_counts(g) for g in t_bags.values()]
-    s_sigs = [_signature_counts(g) for g in s_bags.values()]
-    unit = _NAME_SCALE * min(len(t_sigs), len(s_sigs)) + 1
-    weights = torch.full((len(t_sigs), len(s_sigs)), -1, dtype=torch.int64)
-    for i, (tk, tc) in enumerate(zip(t_bags, t_sigs)):
-        for j, (sk, sc) in enumerate(zip(s_bags, s_sigs)):
-            shared = sum(min(n, sc[sig]) * len(sig) for sig, n in tc.items() if sig in sc)
-            if shared:
-                names = 0.75 * name_similarity(tk, sk) + 0.25 * index_agreement(tk, sk)
-                weights[i, j] = shared * unit + round((_NAME_SCALE - 1) * names)
+    t_index, s_index = _by_signature(t_bags), _by_signature(s_bags)
+    shared: dict[tuple[int, int], int] = defaultdict(int)
+    for sig, t_counts in t_index.items():
+        for j, s_count in s_index.get(sig, {}).items():
+            for i, t_count in t_counts.items():
+                shared[i, j] += min(t_count, s_count) * len(sig)
+    t_keys, s_keys = list(t_bags), list(s_bags)
+    unit = _NAME_SCALE * min(len(t_keys), len(s_keys)) + 1
+    weights = torch.full((len(t_keys), len(s_keys)), -1, dtype=torch.int64)
+    for (i, j), tensors in shared.items():
+        tk, sk = t_keys[i], s_keys[j]
+        names = 0.75 * name_similarity(tk, sk) + 0.25 * index_agreement(tk, sk)
+        weights[i, j] = tensors * unit + round((_NAME_SCALE - 1) * names)
     return weights
 
 
-def _signature_counts(groups: Sequence[Group]) -> dict[object, int]:
-    counts: dict[object, int] = defaultdict(int)
-    for g in groups:
-        counts[g.signature] += 1
-    return counts
+def _by_signature(bags: dict[str, list[Group]]) -> dict[Signature, dict[int, int]]:
+    """Signature -> bag position -> how many of the bag's modules have it."""
+    index: dict[Signature, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for position, groups in enumerate(bags.values()):
+        for g in groups:
+            index[g.signature][position] += 1
+    return index
 
 
 def _pair_inside(
