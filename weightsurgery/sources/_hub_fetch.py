@@ -12,17 +12,23 @@ speaks HTTP. Its exceptions become ours:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import posixpath
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
+
 from weightsurgery.errors import CorruptCheckpointError, OfflineSourceError, SourceNotFoundError
 
 __all__ = ["HUB_PREFIX", "Fetcher", "commit_of"]
 
 logger = logging.getLogger(__name__)
+
+# Older huggingface_hub releases have no tqdm_class argument; there, quiet= falls back to their own settings.
+_TAKES_TQDM_CLASS = "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_download).parameters
 
 HUB_PREFIX = "hf-hub:"
 FIRST_CHOICE = "model.safetensors"
@@ -79,7 +85,7 @@ class Fetcher:
                 filename,
                 revision=revision,
                 local_files_only=self.unreachable is not None,
-                tqdm_class=self.tqdm_class,
+                **({"tqdm_class": self.tqdm_class} if _TAKES_TQDM_CLASS else {}),
             )
         except GatedRepoError as exc:
             raise SourceNotFoundError(

@@ -98,8 +98,8 @@ def resolve(
     Args:
         src: a path, URL, ``hf-hub:`` id, registry name, state dict, nested
             checkpoint dict, ``nn.Module`` or :class:`Checkpoint`.
-        key: for nested checkpoints, the container to take (``"model_ema"``);
-            for registries, ignored.
+        key: for nested checkpoints (local or downloaded), the container to
+            take (``"model_ema"``) or a key prefix to select and strip.
         weights_only: refuse pickles that need arbitrary code (the default).
             ``False`` is an explicit, loud opt-in.
         revision: a hub revision (branch, tag or commit) for ``hf-hub:`` sources.
