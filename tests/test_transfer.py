@@ -284,3 +284,23 @@ def test_transfer_does_not_modify_the_source() -> None:
         for p in target.parameters():
             p.add_(1)
     assert_unchanged(src, before)
+
+
+def test_transfer_closes_the_files_it_opened_but_not_a_callers_checkpoint(tmp_path) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    from weightsurgery import resolve
+
+    path = tmp_path / "w.safetensors"
+    save_file(nn.Linear(2, 3).state_dict(), path)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    for _ in range(5):
+        transfer(path, nn.Linear(2, 3))
+    assert fds() == before
+    ckpt = resolve(path)
+    transfer(ckpt, nn.Linear(2, 3))
+    assert ckpt.load("weight").shape == (3, 2)  # still open: the caller owns it
+    ckpt.close()

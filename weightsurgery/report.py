@@ -9,6 +9,7 @@ working. ``str(report)`` is a grouped table and ``to_dict()`` is JSON-ready.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -206,7 +207,7 @@ class Report:
         return (
             f"{self.origin.describe()}{verb}: loaded {n['loaded']}, adapted {n['adapted']}, "
             f"initialized {n['initialized']}, unused {len(self.unused)}; "
-            f"coverage {self.coverage:.1%} of {_human(self.num_params)} parameters"
+            f"coverage {_percent(self.coverage)} of {_human(self.num_params)} parameters"
         )
 
     # --- rendering -------------------------------------------------------------------------------
@@ -268,9 +269,9 @@ class Report:
             width = max((len(label) for label, _, _ in rows), default=0)
             for label, note, keys in rows:
                 for i, k in enumerate(keys):
-                    head = label.ljust(width) if i == 0 else " " * width
+                    head = (label.ljust(width) if i == 0 else " " * width) + "  " if width else ""
                     tail = f"  ({note})" if note and i == 0 else ""
-                    lines.append(f"  {head}  {k}{tail}".rstrip())
+                    lines.append(f"  {head}{k}{tail}".rstrip())
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -294,6 +295,11 @@ def _adapted_note(r: KeyRecord) -> str:
 def _init_note(r: KeyRecord) -> str:
     reason = r.evidence.split(":")[0] if r.evidence else ""
     return f"{reason}; rule {r.init_rule}" if r.init_rule and r.init_rule != "default" else reason
+
+
+def _percent(fraction: float) -> str:
+    """Rounded down, so anything short of everything never reads as 100.0%."""
+    return f"{math.floor(fraction * 1000) / 10:.1f}%"
 
 
 def _human(n: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -131,21 +132,31 @@ def transfer(
         rename, adapt, init = _merge_recipe(recipe, rename, adapt, init)
     if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"min_coverage={min_coverage} must lie between 0 and 1")
+    from weightsurgery.init import InitRules
+
+    rules = InitRules.from_user(init)  # a bad spec fails before any download
     checkpoint = resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet)
+    with contextlib.ExitStack() as cleanup:
+        if checkpoint is not src:  # close what we opened; a caller's Checkpoint stays theirs
+            cleanup.callback(checkpoint.close)
+        return _run(checkpoint, dst, target_kwargs, rules, seed, PlanOptions(
+            rename=rename, strategies=strategies, on_mismatch=on_mismatch, adapt=tuple(adapt or ()),
+            classes=classes, source_labels=source_labels, exclude=tuple(exclude),
+        ), plan=plan, dry_run=dry_run, strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress)
+
+
+def _run(
+    checkpoint: Checkpoint, dst: Any, target_kwargs: Mapping[str, Any] | None, rules: Any, seed: int | None,
+    options: PlanOptions, *, plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool,
+    freeze: bool, min_coverage: float | None, progress: Callable[[int, int], None] | None,
+) -> Report:
     module = _build(dst, target_kwargs)
     target = TargetSpec.from_module(module)
 
-    from weightsurgery.init import InitRules
-
-    rules = InitRules.from_user(init)
     if plan is not None:
         the_plan = complete_plan(plan if isinstance(plan, Plan) else Plan.load(plan), target)
         validate_plan(the_plan, checkpoint, target)
     else:
-        options = PlanOptions(
-            rename=rename, strategies=strategies, on_mismatch=on_mismatch, adapt=tuple(adapt or ()),
-            classes=classes, source_labels=source_labels, exclude=tuple(exclude),
-        )
         the_plan = make_plan(
             checkpoint.metas, target, options, source_metadata=checkpoint.metadata,
             source_name=checkpoint.origin.describe(),
