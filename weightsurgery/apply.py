@@ -211,8 +211,9 @@ def _stage(tensor: torch.Tensor, dst: torch.Tensor, sources: list[torch.Tensor],
 
 def _current_tensors(module: nn.Module, target: TargetSpec) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
+    modules = dict(module.named_modules(remove_duplicate=False))  # one walk, not a get_submodule per key
     for key, t in target.tensors.items():
-        owner = module.get_submodule(t.module) if t.module else module
+        owner = modules[t.module]
         tensor = owner._buffers[t.name] if t.is_buffer else owner._parameters[t.name]
         if tensor is None:  # pragma: no cover - TargetSpec skips None entries
             raise PlanError(f"{key}: the module holds None there")
