@@ -27,6 +27,11 @@ target tensor is **correct** when it holds exactly its true value, **WRONG**
 when it was loaded with anything else (or loaded where nothing belongs), and
 **missed** when it was initialized although a true source existed.
 
+Columns: ``tensors`` in the target (tied aliases not counted), ``truth`` those
+with a true source, ``correct``, ``WRONG``, ``missed``, ``init-ok`` (rightly
+initialized: no true source), ``init reasons`` (every initialized key, by the
+report's reason), ``cov`` = correct / truth, ``s`` seconds (build included).
+
 Usage::
 
     python benchmarks/matching_eval.py                  # every pair
@@ -97,6 +102,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Pair:
+    """A named source/target pair; ``build`` makes a fresh :class:`Case` each call."""
+
     name: str
     group: str  # "vision", "text", "unrelated"
     oracle: str  # "converter", "outputs", "construction", "unrelated"
@@ -118,6 +125,8 @@ class Load:
 
 @dataclass
 class Score:
+    """One pair's outcome, tensor by tensor (tied target aliases are not counted)."""
+
     pair: str
     group: str
     oracle: str
@@ -197,15 +206,13 @@ def _image(size: int = 224) -> Tensor:
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def _proven_image_case(src: nn.Module, make_target: Callable[[], nn.Module],
-                       truth_of: Callable[[StateDict, nn.Module], StateDict], size: int = 224) -> Case:
-    """Randomize ``src``, compute the truth, prove it on an image, return a case with a fresh target."""
+def _proven(src: nn.Module, make_target: Callable[[], nn.Module], truth_of: Callable[[StateDict, nn.Module], StateDict],
+            x: Tensor | None = None, run: Callable[[Tensor], Tensor] | None = None) -> Case:
+    """Randomize ``src``, compute the truth, prove it on ``x`` (an image by default), return a fresh case."""
     randomized(src)
-    source = cloned(src)
-    check = make_target()
+    source, check, x = cloned(src), make_target(), _image() if x is None else x
     truth = truth_of(dict(source), check)
-    x = _image(size)
-    error = prove(lambda: src(x), check, truth, lambda m: m(x))
+    error = prove(lambda: (run or src)(x), check, truth, lambda m: m(x))
     return Case(source, make_target(), truth, error)
 
 
@@ -346,13 +353,9 @@ class _Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+def _mlp(dim: int, hidden: int, names: tuple[str, str] = ("fc1", "fc2"), gelu: str = "none") -> nn.Module:
+    return nn.Sequential(OrderedDict([(names[0], nn.Linear(dim, hidden)), ("act", nn.GELU(approximate=gelu)),
+                                      (names[1], nn.Linear(hidden, dim))]))
 
 
 class _EncoderLayer(nn.Module):
@@ -360,10 +363,10 @@ class _EncoderLayer(nn.Module):
         super().__init__()
         if reorder:  # norms first, then the MLP, then attention: same function, other registration order
             self.ln1, self.ln2 = nn.LayerNorm(dim, eps=1e-12), nn.LayerNorm(dim, eps=1e-12)
-            self.mlp, self.self_attn = _Mlp(dim, hidden), _Attention(dim, heads, fused=fused)
+            self.mlp, self.self_attn = _mlp(dim, hidden), _Attention(dim, heads, fused=fused)
         else:
             self.self_attn, self.ln1 = _Attention(dim, heads, fused=fused), nn.LayerNorm(dim, eps=1e-12)
-            self.mlp, self.ln2 = _Mlp(dim, hidden), nn.LayerNorm(dim, eps=1e-12)
+            self.mlp, self.ln2 = _mlp(dim, hidden), nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.ln1(x + self.self_attn(x))
@@ -379,7 +382,8 @@ class HandBert(nn.Module):
         make = [_EncoderLayer(dim, heads, hidden, reorder=reorder, fused=fused) for _ in range(layers)]
         if reorder:
             self.layers = nn.ModuleList(make)
-        self.tok_emb, self.pos_emb, self.type_emb = nn.Embedding(vocab, dim), nn.Embedding(512, dim), nn.Embedding(2, dim)
+        self.tok_emb, self.pos_emb = nn.Embedding(vocab, dim), nn.Embedding(512, dim)
+        self.type_emb = nn.Embedding(2, dim)
         self.emb_ln = nn.LayerNorm(dim, eps=1e-12)
         if not reorder:
             self.layers = nn.ModuleList(make)
@@ -409,11 +413,11 @@ class _NanoBlock(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(dim), _NanoAttention(dim, heads), nn.LayerNorm(dim)
-        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(dim, 4 * dim), "c_proj": nn.Linear(4 * dim, dim)})
+        self.mlp = _mlp(dim, 4 * dim, ("c_fc", "c_proj"), gelu="tanh")
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp["c_proj"](F.gelu(self.mlp["c_fc"](self.ln_2(x)), approximate="tanh"))
+        return x + self.mlp(self.ln_2(x))
 
 
 class NanoGPT(nn.Module):
@@ -436,17 +440,11 @@ class NanoGPT(nn.Module):
         return t["ln_f"](x)
 
 
-class SlicedTrunk(nn.Module):
+def sliced_trunk() -> nn.Module:
     """A ResNet-50 cut after ``layer3`` and kept under ``trunk.`` (a typical detection/segmentation stem)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        r = torchvision.models.resnet50()
-        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
-        self.trunk = nn.Sequential(OrderedDict((n, getattr(r, n)) for n in names))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.trunk(x)
+    r = torchvision.models.resnet50()
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
+    return nn.ModuleDict({"trunk": nn.Sequential(OrderedDict((n, getattr(r, n)) for n in names))})
 
 
 # --- the pairs: vision ---------------------------------------------------------------------------------------
@@ -458,7 +456,7 @@ def _tv(name: str, **kwargs: Any) -> nn.Module:
 
 def _resnet50_tv_timm() -> Case:
     # Same names in both libraries; the output proof confirms the identity correspondence.
-    return _proven_image_case(_tv("resnet50"), lambda: timm.create_model("resnet50"), lambda s, t: s)
+    return _proven(_tv("resnet50"), lambda: timm.create_model("resnet50"), lambda s, t: s)
 
 
 # torchvision ConvNeXt -> Facebook's original naming, the format timm's converter reads.
@@ -485,18 +483,18 @@ def _tv_convnext_to_fb(state: StateDict) -> StateDict:
 def _convnext_tv_timm() -> Case:
     from timm.models.convnext import checkpoint_filter_fn
 
-    return _proven_image_case(_tv("convnext_tiny"), lambda: timm.create_model("convnext_tiny"),
+    return _proven(_tv("convnext_tiny"), lambda: timm.create_model("convnext_tiny"),
                               lambda s, t: checkpoint_filter_fn(_tv_convnext_to_fb(s), t))
 
 
 def _efficientnet_tv_timm() -> Case:
-    return _proven_image_case(_tv("efficientnet_b0"), lambda: timm.create_model("efficientnet_b0"), in_order)
+    return _proven(_tv("efficientnet_b0"), lambda: timm.create_model("efficientnet_b0"), in_order)
 
 
 def _mobilenetv3_tv_timm() -> Case:
     # torchvision uses BN eps=1e-3; bn_eps only makes the proof exact (BN eps is not a tensor).
     # torchvision's classifier.0 Linear(960, 1280) is timm's 1x1 conv_head: reshaped by in_order.
-    return _proven_image_case(_tv("mobilenet_v3_large"),
+    return _proven(_tv("mobilenet_v3_large"),
                               lambda: timm.create_model("mobilenetv3_large_100", bn_eps=1e-3), in_order)
 
 
@@ -504,13 +502,14 @@ _TV_VIT_TO_TIMM = [
     (r"^class_token$", "cls_token"), (r"^conv_proj\.", "patch_embed.proj."), (r"^encoder\.pos_embedding$", "pos_embed"),
     (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."), (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."),
     (r"self_attention\.in_proj_(weight|bias)$", r"attn.qkv.\1"), (r"self_attention\.out_proj\.", "attn.proj."),
-    (r"\.mlp\.0\.", ".mlp.fc1."), (r"\.mlp\.3\.", ".mlp.fc2."), (r"^encoder\.ln\.", "norm."), (r"^heads\.head\.", "head."),
+    (r"\.mlp\.0\.", ".mlp.fc1."), (r"\.mlp\.3\.", ".mlp.fc2."), (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
 ]
 
 
 def _vit_tv_timm() -> Case:
     # torchvision's MultiheadAttention in_proj is [q; k; v], the layout of timm's fused qkv.
-    return _proven_image_case(_tv("vit_b_16"), lambda: timm.create_model("vit_base_patch16_224"),
+    return _proven(_tv("vit_b_16"), lambda: timm.create_model("vit_base_patch16_224"),
                               lambda s, t: renamed(s, _TV_VIT_TO_TIMM))
 
 
@@ -523,7 +522,8 @@ def _tv_swin_to_ms(state: StateDict) -> StateDict:
         if m and m[1] == "0":
             key = m[2].replace("0.", "patch_embed.proj.", 1).replace("2.", "patch_embed.norm.", 1)
         elif m and int(m[1]) % 2:
-            key = f"layers.{int(m[1]) // 2}.blocks.{m[2]}".replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
+            key = f"layers.{int(m[1]) // 2}.blocks.{m[2]}"
+            key = key.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
         elif m:
             key = f"layers.{int(m[1]) // 2 - 1}.downsample.{m[2]}"
         out[key] = value
@@ -533,25 +533,21 @@ def _tv_swin_to_ms(state: StateDict) -> StateDict:
 def _swin_tv_timm() -> Case:
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    return _proven_image_case(_tv("swin_t"), lambda: timm.create_model("swin_tiny_patch4_window7_224"),
+    return _proven(_tv("swin_t"), lambda: timm.create_model("swin_tiny_patch4_window7_224"),
                               lambda s, t: checkpoint_filter_fn(_tv_swin_to_ms(s), t))
 
 
 def _regnet_tv_timm() -> Case:
     from timm.models.regnet import _filter_fn  # timm's own torchvision -> timm converter
 
-    return _proven_image_case(_tv("regnet_y_400mf"), lambda: timm.create_model("regnety_004"),
+    return _proven(_tv("regnet_y_400mf"), lambda: timm.create_model("regnety_004"),
                               lambda s, t: _filter_fn(s))
 
 
 def _vgg_features_nested() -> Case:
-    vgg = randomized(_tv("vgg16"))
-    source = cloned(vgg)  # the whole checkpoint, classifier included
-    check = NestedVGG16Features()
-    truth = in_order({k: v for k, v in source.items() if k.startswith("features.")}, check)
-    x = _image(64)
-    error = prove(lambda: vgg.features(x), check, truth, lambda m: m(x))
-    return Case(source, NestedVGG16Features(), truth, error)
+    vgg = _tv("vgg16")  # the whole checkpoint is the source, classifier included
+    return _proven(vgg, NestedVGG16Features, lambda s, t: in_order({k: v for k, v in s.items() if "features" in k}, t),
+                   _image(64), run=vgg.features)
 
 
 def _fasterrcnn_body_resnet50() -> Case:
@@ -566,7 +562,7 @@ def _fasterrcnn_body_resnet50() -> Case:
 def _resnet50_sliced_trunk() -> Case:
     source = cloned(randomized(_tv("resnet50")))
     truth = {f"trunk.{k}": v for k, v in source.items() if not k.startswith(("layer4.", "fc."))}
-    return Case(source, SlicedTrunk(), truth)
+    return Case(source, sliced_trunk(), truth)
 
 
 # A re-implementation with its own module names, in camelCase (leaf names stay torch's).
@@ -644,17 +640,11 @@ def _bert_hand(*, reorder: bool = False, fused: bool = False) -> Callable[[], Ca
     def build() -> Case:
         from transformers import BertConfig, BertModel
 
-        bert = randomized(BertModel(BertConfig(**_BERT)))
-        source = cloned(bert)
-
-        def make() -> nn.Module:
-            return HandBert(30522, 128, 2, 2, 256, reorder=reorder, fused=fused)
-
-        check, truth = make(), renamed(source, _HF_BERT_TO_HAND)
-        truth = _fuse_qkv(truth) if fused else truth
+        bert = BertModel(BertConfig(**_BERT))
         ids = torch.randint(0, 30522, (1, 16), generator=torch.Generator().manual_seed(2))
-        error = prove(lambda: bert(ids).last_hidden_state, check, truth, lambda m: m(ids))
-        return Case(source, make(), truth, error)
+        return _proven(bert, lambda: HandBert(30522, 128, 2, 2, 256, reorder=reorder, fused=fused),
+                       lambda s, t: (_fuse_qkv if fused else dict)(renamed(s, _HF_BERT_TO_HAND)),
+                       ids, run=lambda x: bert(x).last_hidden_state)
 
     return build
 
@@ -671,35 +661,25 @@ def _gpt2_nanogpt() -> Case:
     from transformers import GPT2Config, GPT2Model
 
     config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=1000, n_positions=64, bos_token_id=0, eos_token_id=0)
-    gpt = randomized(GPT2Model(config))
-    source = cloned(gpt)
-    # GPT-2's Conv1D stores (in, out): every projection is the transpose of nanoGPT's Linear (out, in).
-    truth = {f"transformer.{k}": (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
-             for k, v in source.items()}
-
-    def make() -> nn.Module:
-        return NanoGPT(1000, 64, 64, 2, 2)
-
-    check = make()
+    gpt = GPT2Model(config)
     ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(3))
-    error = prove(lambda: gpt(ids).last_hidden_state, check, truth, lambda m: m(ids))
-    return Case(source, make(), truth, error)
+    conv1d = ("c_attn.weight", "c_proj.weight", "c_fc.weight")  # Conv1D stores (in, out): Linear's transpose
+    return _proven(gpt, lambda: NanoGPT(1000, 64, 64, 2, 2),
+                   lambda s, t: {f"transformer.{k}": v.t() if k.endswith(conv1d) else v for k, v in s.items()},
+                   ids, run=lambda x: gpt(x).last_hidden_state)
 
 
 # --- the pairs: unrelated -------------------------------------------------------------------------------------
 
 
 def _unrelated(make_source: Callable[[], nn.Module], make_target: Callable[[], nn.Module]) -> Callable[[], Case]:
-    def build() -> Case:
-        return Case(cloned(randomized(make_source())), make_target(), {})
-
-    return build
+    return lambda: Case(cloned(randomized(make_source())), make_target(), {})
 
 
 def _bert_tiny() -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    return BertModel(BertConfig(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512))
+    return BertModel(BertConfig(**{**_BERT, "intermediate_size": 512}))
 
 
 PAIRS: tuple[Pair, ...] = (
@@ -764,23 +744,32 @@ def _shape(s: tuple[int, ...] | None) -> str:
 
 def render_details(scores: list[Score]) -> str:
     out: list[str] = []
-    for s in scores:
+    for s in scores:  # one detailed line per distinct evidence, then the other keys it covers
+        by_evidence: dict[str, list[Load]] = {}
         for w in s.wrong:
+            by_evidence.setdefault(f"{w.strategy}: {w.evidence}", []).append(w)
+        for loads in by_evidence.values():
+            w = loads[0]
             out.append(f"WRONG [{s.pair}] {w.target} {_shape(w.target_shape)} <- {w.source} {_shape(w.source_shape)} "
-                       f"via {w.strategy}; truth: {w.true_source or 'nothing belongs here'}\n      evidence: {w.evidence}")
+                       f"via {w.strategy}; truth: {w.true_source or 'nothing belongs here'}\n"
+                       f"      evidence: {w.evidence}")
+            if len(loads) > 1:
+                rest = "; ".join(group_keys(x.target for x in loads[1:]))
+                out.append(f"      +{len(loads) - 1} more, same evidence: {rest}")
     for s in scores:
         by_reason: dict[str, list[Load]] = {}
         for m in s.missed:
             by_reason.setdefault(_reason(m.evidence), []).append(m)
         for reason, loads in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-            keys = group_keys(m.target for m in loads)
+            keys, first = group_keys(m.target for m in loads), loads[0]
             out.append(f"missed [{s.pair}] {len(loads)} x {reason}: {'; '.join(keys[:4])}"
-                       f"{' ...' if len(keys) > 4 else ''}\n      e.g. {loads[0].target} {_shape(loads[0].target_shape)}"
-                       f" (truth {loads[0].true_source} {_shape(loads[0].source_shape)}): {loads[0].evidence[:160]}")
+                       f"{' ...' if len(keys) > 4 else ''}\n      e.g. {first.target} {_shape(first.target_shape)}"
+                       f" (truth {first.true_source} {_shape(first.source_shape)}): {first.evidence[:160]}")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the pairs, print the table and the details; the exit status is 1 only with ``--strict``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", nargs="*", default=(), help="run only pairs whose name contains one of these")
     parser.add_argument("--safetensors", action="store_true",
@@ -802,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + details if details else "\nno wrong loads, no misses")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([{**asdict(s), "abstained": dict(s.abstained), "coverage": s.coverage} for s in scores], fh, indent=1)
+            rows = [{**asdict(s), "abstained": dict(s.abstained), "coverage": s.coverage} for s in scores]
+            json.dump(rows, fh, indent=1)
     return 1 if args.strict and any(s.wrong for s in scores) else 0
 
 

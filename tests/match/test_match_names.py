@@ -140,3 +140,21 @@ def test_a_contested_source_goes_to_the_better_supported_prefix() -> None:
     keys = {f"model.{k}": tuple(v.shape) for k, v in Net().state_dict().items()}
     result = match_prefix(ctx_for(keys, Both()))
     assert pairs(result) == {k: f"model.{k}" for k in Net().state_dict()}
+
+
+def test_a_wrapper_that_fits_in_shape_beats_a_second_model_that_only_shares_names() -> None:
+    # A distillation checkpoint: the student under "model._orig_mod.", a wider teacher under "teacher.".
+    # Same names, and "teacher.head.bias" even has the right shape: shape fit, not name count, decides.
+    source = {f"model._orig_mod.{k}": tuple(v.shape) for k, v in Net().state_dict().items()}
+    source.update({"teacher.stem.weight": (5, 2), "teacher.stem.bias": (5,), "teacher.head.weight": (4, 5),
+                   "teacher.head.bias": (4,)})
+    result = match_prefix(ctx_for(source, Net()))
+    assert pairs(result) == {k: f"model._orig_mod.{k}" for k in Net().state_dict()}
+    assert "(4 of 4 keys fit in shape)" in result.matches[0].evidence
+
+
+def test_two_prefixes_that_fit_equally_are_reported() -> None:
+    keys = {f"{p}{k}": tuple(v.shape) for p in ("model.", "model_ema.") for k, v in Net().state_dict().items()}
+    result = match_prefix(ctx_for(keys, Net()))
+    assert pairs(result) == {k: f"model.{k}" for k in Net().state_dict()}  # the known wrapper, and it says so:
+    assert all("'model_ema.' fit as well: pass key= to choose" in m.evidence for m in result.matches)

@@ -107,3 +107,4 @@ def test_abstention_reason_reaches_the_plan() -> None:
     )
     assert plan.entries["weight"].action is Action.INIT
     assert plan.entries["weight"].evidence.startswith("ambiguous")
+

@@ -100,8 +100,10 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     subtree: a checkpoint may wrap only some of its modules. A prefix never
     holds a numeric component (stripping ``layers.1.`` would shift indices).
 
-    Each candidate is scored by how many keys its prefix explains, then by
-    whether the prefix is a known wrapper, then by its brevity. Pairs are
+    Each candidate is scored by how many keys its prefix explains *with equal
+    shapes* (a wrapper explains shapes; a second model in the same checkpoint,
+    such as a distillation teacher, only shares names), then by how many names
+    it explains, then by whether the prefix is a known wrapper, then by brevity. Pairs are
     assigned best score first; where two candidates with the same score compete
     for one key, that key abstains and the reason names both.
     """
@@ -119,10 +121,13 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     if not candidates:
         return StrategyResult()
     support = Counter((kind, prefix) for _, _, kind, prefix in candidates)
+    fits = Counter(  # pairs whose shapes agree: a wrapper explains shapes, a second model only names
+        (kind, prefix) for t, s, kind, prefix in candidates if ctx.target.tensors[t].shape == ctx.source[s].shape
+    )
 
-    def score(c: tuple[str, str, str, str]) -> tuple[int, int, int]:
+    def score(c: tuple[str, str, str, str]) -> tuple[int, int, int, int]:
         _, _, kind, prefix = c
-        return (support[(kind, prefix)], int(prefix in KNOWN_WRAPPERS), -prefix.count("."))
+        return (fits[(kind, prefix)], support[(kind, prefix)], int(prefix in KNOWN_WRAPPERS), -prefix.count("."))
 
     candidates.sort(key=score, reverse=True)
     taken_t: set[str] = set()
@@ -142,7 +147,11 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
                 rivals = sorted({c[1] for c in tier if c[0] == tgt} | {c[0] for c in tier if c[1] == src} - {tgt})
                 blocked[tgt] = Abstain(tgt, f"ambiguous prefix match: {', '.join(rivals)}", tuple(rivals), "prefix")
                 continue
-            matches.append(Match(tgt, src, "prefix", f"{kind} {prefix!r} ({support[(kind, prefix)]} keys)"))
+            evidence = f"{kind} {prefix!r} ({fits[(kind, prefix)]} of {support[(kind, prefix)]} keys fit in shape)"
+            rivals = sorted({p for t, _, k, p in candidates if t == tgt and p != prefix and fits[(k, p)] == fits[(kind, prefix)]})
+            if rivals:  # e.g. 'model.' and 'model_ema.' fit equally: say which was taken and how to take the other
+                evidence += f"; {', '.join(map(repr, rivals))} fit as well: pass key= to choose"
+            matches.append(Match(tgt, src, "prefix", evidence))
             taken_t.add(tgt)
             taken_s.add(src)
         i = j

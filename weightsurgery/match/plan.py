@@ -39,7 +39,8 @@ class PlanEntry:
     Attributes:
         target: the target key.
         action: what apply does.
-        source: the source key (``LOAD``/``ADAPT``; the first one for multi-source adapters).
+        source: the source key (``LOAD``/``ADAPT``; the first one for multi-source adapters);
+            for ``INIT``, the name match that was considered and refused (a shape mismatch).
         sources: every source key an adapter reads, in order (``ADAPT``).
         strategy: the matching strategy that chose ``source``.
         evidence: why it matched, or why it falls back to init.
@@ -145,7 +146,7 @@ class Plan:
         """A copy with some entries replaced (the way to edit a plan by code)."""
         entries = dict(self.entries)
         entries.update(updates)
-        used = {s for e in entries.values() for s in e.source_keys}
+        used = {s for e in entries.values() if e.action in (Action.LOAD, Action.ADAPT) for s in e.source_keys}
         all_sources = list(dict.fromkeys([*self.unused, *(s for e in self.entries.values() for s in e.source_keys)]))
         return replace(self, entries=entries, unused=tuple(s for s in all_sources if s not in used))
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from weightsurgery.errors import PlanError, ShapeMismatchError
 from weightsurgery.match.base import Match, MatchContext, Strategy
+from weightsurgery.match.layout import MismatchPolicy, transposed_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
@@ -36,7 +37,6 @@ __all__ = ["STRATEGIES", "MismatchPolicy", "PlanOptions", "make_plan"]
 
 logger = logging.getLogger(__name__)
 
-MismatchPolicy = Literal["init", "adapt", "error"]
 
 #: Built-in strategies by name, in the order they run. Optional ones are imported lazily.
 STRATEGIES: tuple[str, ...] = ("explicit", "rename", "exact", "prefix", "fused", "suffix", "structure")
@@ -181,6 +181,7 @@ def make_plan(
         ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
         ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
+    decided.update(transposed_layout(decided, target, options.on_mismatch))
     if mismatches:
         raise ShapeMismatchError(
             "shapes differ for matched keys (on_mismatch='error'); pass on_mismatch='init' to initialize them "
@@ -277,7 +278,7 @@ class _Decider:
                     source_shape=sshape,
                 )
             why = f"{why}; no adapter applies: {proposal}"
-        return PlanEntry(m.target, Action.INIT, source=None, strategy=m.strategy, evidence=why, source_shape=sshape)
+        return PlanEntry(m.target, Action.INIT, source=m.source, strategy=m.strategy, evidence=why, source_shape=sshape)
 
     # --- adapters (weightsurgery.adapt), imported only when used ---------------------------------
 

@@ -1,0 +1,47 @@
+"""Layout checks across name matches: a square Linear weight whose siblings are stored transposed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weightsurgery.match.plan import Action
+from weightsurgery.match.planner import make_plan
+from weightsurgery.match.target import TargetSpec
+from weightsurgery.sources.checkpoint import TensorMeta
+
+
+class Block(nn.Module):
+    """A Linear-based block; a GPT-2 style checkpoint stores its weights as (in, out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(4, 12)
+        self.c_proj = nn.Linear(4, 4)  # square: its layout cannot be seen from its shape
+        self.c_fc = nn.Linear(4, 16)
+
+
+def conv1d_state(block: Block) -> dict[str, torch.Tensor]:
+    return {k: (v.t().contiguous() if k.endswith("weight") else v) for k, v in block.state_dict().items()}
+
+
+def test_a_square_weight_is_not_copied_when_its_siblings_are_stored_transposed() -> None:
+    src = Block()
+    plan = make_plan({k: TensorMeta.of(v) for k, v in conv1d_state(src).items()}, TargetSpec.from_module(Block()))
+    entry = plan.entries["c_proj.weight"]
+    assert entry.action is Action.INIT  # never a silent plain copy
+    assert "2 of 2 non-square Linear weights are stored transposed" in entry.evidence
+    assert "pass on_mismatch='adapt' to transpose it" in entry.evidence
+    assert plan.entries["c_proj.bias"].action is Action.LOAD
+
+
+def test_under_adapt_the_whole_transposed_layout_is_transposed_and_outputs_agree() -> None:
+    from weightsurgery import transfer
+
+    src, dst = Block(), Block()
+    report = transfer(conv1d_state(src), dst, on_mismatch="adapt")
+    assert report.initialized == []
+    assert {report.records[k].adapter for k in ("c_attn.weight", "c_proj.weight", "c_fc.weight")} == {"transpose"}
+    x = torch.randn(3, 4)
+    for name in ("c_attn", "c_proj", "c_fc"):
+        torch.testing.assert_close(getattr(dst, name)(x), getattr(src, name)(x))
