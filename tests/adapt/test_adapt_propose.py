@@ -146,12 +146,12 @@ def test_conv1d_linear_transpose():
 
 def test_everything_else_gets_a_reason():
     target = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
-    src = {"0.weight": TensorMeta((3, 5), torch.float32), "0.bias": TensorMeta((3, 1), torch.float32)}
+    src = {"0.weight": TensorMeta((3, 5), torch.float32), "0.bias": TensorMeta((3, 2), torch.float32)}
     ctx = _ctx(target, src)
     assert propose_adapter("0.weight", "0.weight", ctx) == (
         "no adapter's conditions hold for 0.weight (3, 5) -> 0.weight (3, 4)"
     )
     assert propose_adapter("0.bias", "0.bias", ctx) == (
-        "0.bias (3, 1) and 0.bias (3) differ in rank; no adapter reshapes implicitly"
+        "0.bias (3, 2) and 0.bias (3) differ in rank; no adapter reshapes implicitly"
     )
     assert propose_adapter("nope", "0.bias", ctx) == "'nope' is not a target key"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from weightsurgery.match.base import MatchContext
-from weightsurgery.match.fused import match_fused
+from weightsurgery.match.fused import fused_roles, match_fused, part_role
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
 
@@ -124,3 +125,86 @@ def test_two_fused_candidates_for_one_group_abstain():
     assert result.matches == []
     assert {a.target for a in result.abstentions} == {"attn.q.weight", "attn.k.weight", "attn.v.weight"}
     assert result.abstentions[0].candidates == ("a.attn.qkv.weight", "b.attn.qkv.weight")
+
+
+def _sorted(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """As a .safetensors file lists them: sorted, so key < query < value."""
+    return dict(sorted(shapes.items()))
+
+
+class _HfLayer(nn.Module):
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.attention = _wrap(self=Separate(("query", "key", "value"), (dim,) * 3, dim))
+
+
+def test_query_key_value_into_qkv_of_another_naming_pairs_by_layer_index_in_name_order():
+    source = _sorted(_shapes(_wrap(encoder=_wrap(layer=nn.ModuleList([_HfLayer(), _HfLayer()])))))
+    assert list(source)[:3] == [
+        "encoder.layer.0.attention.self.key.bias", "encoder.layer.0.attention.self.key.weight",
+        "encoder.layer.0.attention.self.query.bias",
+    ]  # fmt: skip
+    target = _wrap(layers=nn.ModuleList([_wrap(self_attn=Fused()), _wrap(self_attn=Fused())]))
+    result = match_fused(_ctx(source, target))
+    got = {m.target: m.sources for m in result.matches}
+    assert got["layers.1.self_attn.qkv.weight"] == tuple(
+        f"encoder.layer.1.attention.self.{p}.weight" for p in ("query", "key", "value")
+    )
+    assert len(got) == 4 and result.abstentions == []
+
+
+def test_layer_index_pairing_needs_a_one_to_one_correspondence():
+    # two separate groups in layer 0 (self- and cross-attention) for one fused qkv: no pairing by index
+    source = _shapes(_wrap(blocks=nn.ModuleList([_wrap(self_attn=Separate(), cross=Separate())])))
+    target = _wrap(layers=nn.ModuleList([_wrap(attn=Fused())]))
+    result = match_fused(_ctx(source, target))
+    assert result.matches == []
+
+
+def test_layer_index_pairing_still_needs_shapes_that_add_up():
+    source = _shapes(_wrap(encoder=_wrap(layer=nn.ModuleList([_HfLayer()]))))
+    target = _wrap(layers=nn.ModuleList([_wrap(attn=Fused(out=27))]))
+    result = match_fused(_ctx(source, target))
+    assert result.matches == []
+    assert result.abstentions[0].reason.startswith("shapes do not add up: layers.0.attn.qkv.weight (27, 8)")
+
+
+def test_split_order_comes_from_the_fused_name():
+    source = _shapes(_wrap(attn=Fused(out=16, name="kv")))  # [k; v]
+    target = _wrap(attn=Separate(("v_proj", "k_proj"), (8, 8)))
+    got = {m.target: dict(m.adapter_args)["index"] for m in match_fused(_ctx(source, target)).matches}
+    assert got == {"attn.k_proj.weight": 0, "attn.k_proj.bias": 0, "attn.v_proj.weight": 1, "attn.v_proj.bias": 1}
+
+
+def test_interleaved_query_key_value_is_never_treated_as_fused():
+    source = _shapes(_wrap(attn=Fused(name="query_key_value")))  # GPT-NeoX: per-head interleaved
+    result = match_fused(_ctx(source, _wrap(attn=Separate())))
+    assert result.matches == [] and result.abstentions == []
+
+
+def test_two_keys_for_one_role_are_unclear_and_abstain():
+    source = _shapes(_wrap(attn=Separate(("q", "query", "k", "v"), (8, 8, 8, 8))))
+    result = match_fused(_ctx(source, _wrap(attn=Fused())))
+    assert result.matches == []
+    assert "several keys for one role" in result.abstentions[0].reason
+    assert "q: attn.q.weight, attn.query.weight" in result.abstentions[0].reason
+
+
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [("q", "q"), ("query", "q"), ("k_proj", "k"), ("to_v", "v"), ("value_lin", "v"), ("gate_proj", "gate"),
+     ("fc1", None), ("qk", None), ("key_value", None), ("keyframe", None)],
+)  # fmt: skip
+def test_part_role(name: str, role: str | None):
+    found = part_role(name)
+    assert (found[0] if found else None) == role
+
+
+@pytest.mark.parametrize(
+    ("name", "roles"),
+    [("qkv", ("q", "k", "v")), ("to_qkv", ("q", "k", "v")), ("qkv_proj", ("q", "k", "v")), ("kv", ("k", "v")),
+     ("gate_up_proj", ("gate", "up")), ("up_gate_proj", None), ("query_key_value", None), ("Wqkv", None),
+     ("c_attn", None), ("qq", None), ("q", None)],
+)  # fmt: skip
+def test_fused_roles(name: str, roles: tuple[str, ...] | None):
+    assert fused_roles(name) == roles

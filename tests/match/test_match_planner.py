@@ -108,3 +108,29 @@ def test_abstention_reason_reaches_the_plan() -> None:
     assert plan.entries["weight"].action is Action.INIT
     assert plan.entries["weight"].evidence.startswith("ambiguous")
 
+
+
+def test_a_key_whose_counterpart_is_known_absent_stays_unloaded_through_every_strategy() -> None:
+    # A masked-LM checkpoint into the bare encoder: everything loads under "bert.", but the source
+    # has no "bert.pooler.*". Its LM transform "cls.predictions.transform.dense" has the same shape:
+    # no later strategy may fill the pooler from it.
+    class Pooler(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = nn.Linear(8, 8)
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = nn.Embedding(20, 8)
+            self.encoder = nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)], nn.LayerNorm(8))
+            self.pooler = Pooler()
+
+    source = {f"bert.{k}": TensorMeta.of(v) for k, v in Encoder().state_dict().items() if not k.startswith("pooler")}
+    source.update({"cls.predictions.transform.dense.weight": TensorMeta((8, 8), torch.float32),
+                   "cls.predictions.transform.dense.bias": TensorMeta((8,), torch.float32)})
+    plan = make_plan(source, TargetSpec.from_module(Encoder()))
+    for key in ("pooler.dense.weight", "pooler.dense.bias"):
+        assert plan.entries[key].action is Action.INIT, plan.entries[key]
+        assert plan.entries[key].evidence.startswith("counterpart absent")
+    assert set(plan.unused) == {"cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias"}

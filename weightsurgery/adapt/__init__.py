@@ -13,6 +13,7 @@ name                module                       what it does
 ``fuse``/``split``  :mod:`.fuse`                 ``q, k, v <-> qkv``, ``gate, up <-> gate_up``
 ``transpose``       :mod:`.transpose`            ``Conv1D <-> Linear`` (and any permutation)
 ``reshape``         :mod:`.transpose`            equal element count, only by explicit rule
+``squeeze``         :mod:`.squeeze`              add / drop size-1 dims (``(C, 1, 1) <-> (C,)``), lossless
 ==================  ===========================  ==================================================
 
 The planner calls :func:`propose_adapter` for a name-matched pair whose shapes
@@ -46,6 +47,8 @@ from weightsurgery.adapt.registry import register_adapter as register_adapter
 from weightsurgery.adapt.registry import run_adapter as run_adapter
 from weightsurgery.adapt.rules import AdaptRule as AdaptRule
 from weightsurgery.adapt.rules import match_rule as match_rule
+from weightsurgery.adapt.squeeze import squeezable as squeezable
+from weightsurgery.adapt.squeeze import squeeze_to as squeeze_to
 from weightsurgery.adapt.transpose import permute_dims as permute_dims
 from weightsurgery.adapt.vocab import resize_rows as resize_rows
 
@@ -69,4 +72,6 @@ __all__ = [
     "run_adapter",
     "select_rows",
     "split_part",
+    "squeezable",
+    "squeeze_to",
 ]

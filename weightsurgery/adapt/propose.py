@@ -4,6 +4,10 @@
 and the source's metadata, never at tensor data. It proposes an adapter only
 when that adapter's conditions clearly hold, checked in this order:
 
+0. ``squeeze``         the ranks differ and the shapes differ only by size-1 dims
+                       (``(C, 1, 1)`` vs ``(C,)``, a 1x1 conv vs a ``Linear``), and neither
+                       side is a ``Conv1D``; a same-rank move of a size-1 dim (``(1, C)`` vs
+                       ``(C, 1)``, which for a ``Linear`` swaps inputs and outputs) is not proposed
 1. ``transpose``       shape exactly reversed (2-D) and one side is a ``Conv1D``
 2. ``pos_embed``       key ends in ``pos_embed``/``pos_embedding``/``position_embedding(s)``,
                        only the token count differs, and one prefix-token count
@@ -34,6 +38,7 @@ from torch import nn
 
 from weightsurgery.adapt.head import head_rows
 from weightsurgery.adapt.posembed import infer_grids
+from weightsurgery.adapt.squeeze import squeezable
 from weightsurgery.match.target import TargetSpec, TargetTensor
 from weightsurgery.sources.checkpoint import TensorMeta
 
@@ -145,6 +150,8 @@ def propose_adapter(target_key: str, source_key: str, ctx: AdaptContext) -> Prop
         return _head(tt, s, ctx.classes, ctx)
     if s == t:
         return f"shapes match {_fmt(t)}; no adapter needed"
+    if len(s) != len(t) and squeezable(s, t) and not _conv1d(tt, source_key, ctx):
+        return "squeeze", {}
     if len(s) != len(t):
         return f"{source_key} {_fmt(s)} and {target_key} {_fmt(t)} differ in rank; no adapter reshapes implicitly"
     for check in (_transpose, _pos_embed, _patch_embed, _input_channels, _vocab):
@@ -170,9 +177,7 @@ def propose_adapter(target_key: str, source_key: str, ctx: AdaptContext) -> Prop
 def _transpose(tt: TargetTensor, source_key: str, s: tuple[int, ...], ctx: AdaptContext) -> Proposal | str | None:
     if len(s) != 2 or s != tuple(tt.shape)[::-1]:
         return None
-    types = ctx.source_metadata.get("module_types")
-    src_type = types.get(source_key.rpartition(".")[0]) if isinstance(types, Mapping) else None
-    if tt.module_type.__name__ == "Conv1D" or src_type == "Conv1D":
+    if _conv1d(tt, source_key, ctx):
         return "transpose", {}
     return None
 
@@ -229,6 +234,13 @@ def _head(tt: TargetTensor, s: tuple[int, ...], classes: Sequence[int | str], ct
 
 def _is_conv(tt: TargetTensor) -> bool:
     return issubclass(tt.module_type, nn.modules.conv._ConvNd) and tt.name == "weight"
+
+
+def _conv1d(tt: TargetTensor, source_key: str, ctx: AdaptContext) -> bool:
+    """Either side is a GPT-2 style ``Conv1D``, whose weight is stored transposed."""
+    types = ctx.source_metadata.get("module_types")
+    src_type = types.get(source_key.rpartition(".")[0]) if isinstance(types, Mapping) else None
+    return tt.module_type.__name__ == "Conv1D" or src_type == "Conv1D"
 
 
 def _is_classifier(tt: TargetTensor, src_module: str, ctx: AdaptContext) -> bool:

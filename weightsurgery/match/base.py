@@ -52,12 +52,16 @@ class Abstain:
         reason: why, naming the candidates (``"ambiguous: a.weight, b.weight"``).
         candidates: the source keys it could not tell apart.
         strategy: who abstained.
+        final: the strategy knows the key has no counterpart in the source (its
+            siblings loaded under a rename that the source lacks for this key),
+            so later strategies must not fill it: the planner closes the key.
     """
 
     target: str
     reason: str
     candidates: tuple[str, ...] = ()
     strategy: str = ""
+    final: bool = False
 
 
 @dataclass(frozen=True)

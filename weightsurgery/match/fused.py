@@ -1,64 +1,159 @@
-"""Matching strategy ``fused``: separate projections to and from a fused one.
+"""Matching strategy ``fused``: separate projections to and from a fused one, by name tokens.
 
-Pairs, per module and per tensor (``weight`` and ``bias`` separately):
+Every module name is read as tokens (:func:`~weightsurgery.match.tokens.split_tokens`):
 
-* attention: ``{q,k,v}``, ``{query,key,value}`` or ``{q_proj,k_proj,v_proj}``
-  with ``qkv``, ``qkv_proj`` or ``torch.nn.MultiheadAttention``'s ``in_proj_weight``/``in_proj_bias``;
-* gated MLP: ``{gate_proj,up_proj}`` with ``gate_up_proj``.
+* a **part** names exactly one role, spelled short or long (``q``/``query``,
+  ``k``/``key``, ``v``/``value``, ``gate``, ``up``), and otherwise only
+  decoration words (``proj``, ``lin``, ``linear``, ``to``...): ``query``,
+  ``q_proj``, ``k_lin``, ``to_v``, ``gate_proj``. Parts under one parent module
+  that differ only in the role word form a group;
+* a **fused** projection names two or more roles in order: a compact token of
+  role letters (``qkv``, ``kv``: ``qkv``, ``qkv_proj``, ``to_qkv``), the words
+  ``gate`` then ``up`` (``gate_up_proj``), or ``torch.nn.MultiheadAttention``'s
+  ``in_proj_weight``/``in_proj_bias`` (``q, k, v``).
 
-A pair is claimed only when the module paths line up (equal, or equal after a
-wrapper prefix on one side, e.g. ``module.``), every part is present and
-unclaimed, and the shapes add up exactly: the parts' dim 0 sums to the fused
-dim 0 and every other dim is equal. Fusing yields one match naming all parts
-(adapter ``fuse``); splitting yields one match per part, each reading the fused
-key (adapter ``split`` with ``{"index": i, "sizes": [...], "dim": 0}``).
-Where names line up but shapes, parts or candidates do not, the strategy
-abstains with the reason.
+The order of the parts always comes from the fused name (``qkv`` is
+``[q; k; v]``), never from key order: a ``.safetensors`` file lists
+``key < query < value``. Spelled-out fused names such as ``query_key_value``
+are *not* accepted: GPT-NeoX, BLOOM and Falcon use that name for a per-head
+interleaved layout that a plain concatenation would scramble.
+
+A fused key and a group pair up, per tensor (``weight`` and ``bias``
+separately), when their module paths line up, tried in this order and stopping
+at the first tier with a candidate:
+
+1. equal paths;
+2. equal after a wrapper prefix on one side (``module.attn`` and ``attn``);
+3. equal container indices (``encoder.layer.3.attention.self`` and
+   ``layers.3.self_attn``), only when every fused key of that kind and every
+   group of that kind have distinct indices and the two index sets are equal,
+   so the pairing is a one-to-one correspondence of layers.
+
+A pair is claimed only when there is exactly one candidate, its roles are the
+fused name's roles, every part is present and unclaimed, and the shapes add up
+exactly (the parts' dim 0 sums to the fused dim 0, every other dim equal).
+Fusing yields one match naming all parts (adapter ``fuse``); splitting yields
+one match per part, each reading the fused key (adapter ``split`` with
+``{"index": i, "sizes": [...], "dim": 0}``). Where names line up but shapes,
+parts or candidates do not, the strategy abstains with the reason.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
+from weightsurgery.match.tokens import numeric_components, split_tokens
 
-__all__ = ["FAMILIES", "match_fused"]
+__all__ = ["PART_DECORATION", "ROLE_WORDS", "fused_roles", "match_fused", "part_role"]
+
+logger = logging.getLogger(__name__)
 
 STRATEGY = "fused"
 
-#: family -> (the separate part-name tuples, the fused module names). ``in_proj`` is
-#: MultiheadAttention's ``in_proj_weight``/``in_proj_bias`` on the module itself.
-FAMILIES: Mapping[str, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = {
-    "attention": (
-        (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj")),
-        ("qkv", "qkv_proj", "in_proj"),
-    ),
-    "gated-mlp": ((("gate_proj", "up_proj"),), ("gate_up_proj",)),
+#: A role word -> its role. Short and long spellings name the same role.
+ROLE_WORDS: Mapping[str, str] = {
+    "q": "q",
+    "query": "q",
+    "k": "k",
+    "key": "k",
+    "v": "v",
+    "value": "v",
+    "gate": "gate",
+    "up": "up",
 }
+#: Words that may sit beside the role word(s) in a part or fused name without changing its meaning.
+PART_DECORATION: frozenset[str] = frozenset({"proj", "projection", "lin", "linear", "to", "fc", "dense", "layer"})
+_LETTER_ROLES = frozenset("qkv")
 _LEAVES = ("weight", "bias")
+_MHA = {"in_proj_weight": "weight", "in_proj_bias": "bias"}  # nn.MultiheadAttention: [q; k; v]
+
+
+def part_role(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """The role a module name plays as one separate projection, and its template.
+
+    Args:
+        name: a module's own name (the last path component).
+
+    Returns:
+        ``(role, template)`` where the template is the name's tokens with the
+        role word replaced by ``"*"``; ``None`` when the name is not a part.
+
+    Example:
+        >>> part_role("q_proj"), part_role("query"), part_role("fc1")
+        (('q', ('*', 'proj')), ('q', ('*',)), None)
+    """
+    tokens = split_tokens(name)
+    roles = [i for i, t in enumerate(tokens) if t in ROLE_WORDS]
+    if len(roles) != 1 or any(t not in PART_DECORATION for i, t in enumerate(tokens) if i != roles[0]):
+        return None
+    i = roles[0]
+    return ROLE_WORDS[tokens[i]], tokens[:i] + ("*",) + tokens[i + 1 :]
+
+
+def fused_roles(name: str) -> tuple[str, ...] | None:
+    """The roles a fused module name holds, in its order, or ``None``.
+
+    Args:
+        name: a module's own name (the last path component).
+
+    Returns:
+        The roles in the order the fused tensor stacks them, or ``None`` when
+        the name is not a fused projection this strategy trusts.
+
+    Example:
+        >>> fused_roles("to_qkv"), fused_roles("kv"), fused_roles("gate_up_proj")
+        (('q', 'k', 'v'), ('k', 'v'), ('gate', 'up'))
+        >>> fused_roles("query_key_value") is None  # interleaved per head in GPT-NeoX
+        True
+    """
+    tokens = split_tokens(name)
+    roles: list[str] = []
+    compact = False
+    for t in tokens:
+        if len(t) >= 2 and set(t) <= _LETTER_ROLES:
+            roles += list(t)
+            compact = True
+        elif t in ("gate", "up"):
+            roles.append(t)
+        elif t not in PART_DECORATION:
+            return None
+    if compact and set(roles) <= _LETTER_ROLES and len(set(roles)) == len(roles):
+        return tuple(roles)
+    return ("gate", "up") if roles == ["gate", "up"] else None
 
 
 @dataclass(frozen=True)
 class _Fused:
-    family: str
-    module: str  # path of the module owning the projection(s)
+    module: str  # path of the module owning the projection
     leaf: str  # weight | bias
+    roles: tuple[str, ...]
     key: str
+
+    @property
+    def kind(self) -> tuple[str, tuple[str, ...]]:
+        return self.leaf, self.roles
 
 
 @dataclass(frozen=True)
-class _Parts:
-    family: str
+class _Group:
     module: str
     leaf: str
-    names: tuple[str, ...]
-    keys: tuple[str | None, ...]  # one per name; None where absent
+    parts: tuple[tuple[str, tuple[str, ...]], ...]  # (role, keys) sorted by role; >1 key = unclear
 
     @property
-    def complete(self) -> bool:
-        return None not in self.keys
+    def roles(self) -> frozenset[str]:
+        return frozenset(r for r, _ in self.parts)
+
+    def key(self, role: str) -> str | None:
+        keys = dict(self.parts).get(role, ())
+        return keys[0] if len(keys) == 1 else None
+
+    def all_keys(self) -> tuple[str, ...]:
+        return tuple(k for _, keys in self.parts for k in keys)
 
 
 def match_fused(ctx: MatchContext) -> StrategyResult:
@@ -79,32 +174,24 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> target = TargetSpec.from_module(nn.MultiheadAttention(4, 1))
         >>> src = {f"{p}.{t}": TensorMeta((4, 4) if t == "weight" else (4,), torch.float32)
-        ...        for p in "qkv" for t in ("weight", "bias")}
+        ...        for p in "vkq" for t in ("weight", "bias")}
         >>> ctx = MatchContext(src, target, list(target.tensors), list(src))
         >>> for m in match_fused(ctx).matches:
         ...     print(m.target, m.sources, m.adapter)
         in_proj_weight ('q.weight', 'k.weight', 'v.weight') fuse
         in_proj_bias ('q.bias', 'k.bias', 'v.bias') fuse
     """
-    src_fused, src_parts = _scan(ctx.open_sources)
-    tgt_fused, tgt_parts = _scan(ctx.open_targets)
-    matches: list[Match] = []
+    src_fused, src_groups = _scan(ctx.open_sources)
+    tgt_fused, tgt_groups = _scan(ctx.open_targets)
     abstentions: list[Abstain] = []
     claims: dict[str, list[list[Match]]] = defaultdict(list)  # source key -> candidate match groups using it
 
-    for fused in tgt_fused:  # fuse: separate sources -> fused target
-        group = _pick(fused.module, [p for p in src_parts if (p.family, p.leaf) == (fused.family, fused.leaf)])
-        if isinstance(group, list):
-            if group:
-                abstentions.append(_ambiguous(fused.key, [k for g in group for k in g.keys if k]))
-            continue
-        if group is None:
-            continue
-        why = _fuse_problem(fused, group, ctx)
+    for fused, group in _pairs(tgt_fused, src_groups, abstentions, fused_is_target=True):  # fuse
+        why = _problem(fused, group, ctx, fused_is_target=True)
         if why:
-            abstentions.append(Abstain(fused.key, why, tuple(k for k in group.keys if k), STRATEGY))
+            abstentions.append(Abstain(fused.key, why, group.all_keys(), STRATEGY))
             continue
-        keys = tuple(k for k in group.keys if k is not None)
+        keys = tuple(group.key(r) or "" for r in fused.roles)
         m = Match(
             target=fused.key,
             source=keys[0],
@@ -112,86 +199,133 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
             sources=keys,
             adapter="fuse",
             adapter_args={"dim": 0},
-            evidence=f"fused {', '.join(group.names)} of {group.module or '(root)'!r}",
+            evidence=f"fused {', '.join(fused.roles)} of {group.module or '(root)'!r} in the order of {fused.key!r}",
         )
+        claim = [m]
         for k in keys:
-            claims[k].append([m])
+            claims[k].append(claim)
 
-    for parts in tgt_parts:  # split: fused source -> separate targets
-        found = _pick(parts.module, [f for f in src_fused if (f.family, f.leaf) == (parts.family, parts.leaf)])
-        if isinstance(found, list):
-            if found:
-                for k in parts.keys:
-                    if k:
-                        abstentions.append(_ambiguous(k, [f.key for f in found]))
-            continue
-        if found is None:
-            continue
-        why = _split_problem(parts, found, ctx)
+    for fused, group in _pairs(src_fused, tgt_groups, abstentions, fused_is_target=False):  # split
+        why = _problem(fused, group, ctx, fused_is_target=False)
+        targets = group.all_keys()
         if why:
-            abstentions += [Abstain(k, why, (found.key,), STRATEGY) for k in parts.keys if k]
+            abstentions += [Abstain(k, why, (fused.key,), STRATEGY) for k in targets]
             continue
-        sizes = [ctx.target.tensors[k].shape[0] for k in parts.keys if k]
-        group_matches = [
-            Match(
-                target=k,
-                source=found.key,
-                strategy=STRATEGY,
-                adapter="split",
-                adapter_args={"index": i, "sizes": sizes, "dim": 0},
-                evidence=f"part {i} ({parts.names[i]}) of fused {found.key!r}",
-            )
-            for i, k in enumerate(parts.keys)
-            if k
-        ]
-        claims[found.key].append(group_matches)
+        keys = [group.key(r) or "" for r in fused.roles]
+        sizes = [ctx.target.tensors[k].shape[0] for k in keys]
+        claims[fused.key].append(
+            [
+                Match(
+                    target=k,
+                    source=fused.key,
+                    strategy=STRATEGY,
+                    adapter="split",
+                    adapter_args={"index": i, "sizes": sizes, "dim": 0},
+                    evidence=f"part {i} ({fused.roles[i]}) of fused {fused.key!r}",
+                )
+                for i, k in enumerate(keys)
+            ]
+        )
 
-    taken: set[int] = set()
+    matches: list[Match] = []
     for key, groups in claims.items():
         if len(groups) > 1:
-            for g in groups:
-                taken.add(id(g[0]))
-                abstentions += [
-                    Abstain(
-                        m.target,
-                        f"source {key!r} fits several fused groups; add a rename or AdaptRule",
-                        (key,),
-                        STRATEGY,
-                    )
-                    for m in g
-                ]
+            why = f"source {key!r} fits several fused groups; add a rename or AdaptRule"
+            abstentions += [Abstain(m.target, why, (key,), STRATEGY) for g in groups for m in g]
+    contested = {id(g) for groups in claims.values() if len(groups) > 1 for g in groups}
     seen: set[int] = set()
     for groups in claims.values():
         for g in groups:
-            if id(g[0]) not in taken and id(g[0]) not in seen:
-                seen.add(id(g[0]))
+            if id(g) not in seen and id(g) not in contested:
                 matches += g
+            seen.add(id(g))
+    matched = {m.target for m in matches}
+    abstentions = [a for a in abstentions if a.target not in matched]
+    logger.debug("fused: %d matches, %d abstentions", len(matches), len(abstentions))
     return StrategyResult(matches=_in_order(matches, ctx.open_targets), abstentions=_dedupe(abstentions))
 
 
-def _scan(keys: Iterable[str]) -> tuple[list[_Fused], list[_Parts]]:
+def _scan(keys: Iterable[str]) -> tuple[list[_Fused], list[_Group]]:
     """Find fused projections and groups of separate parts among ``keys``."""
     fused: list[_Fused] = []
-    found: dict[tuple[str, str, str, tuple[str, ...]], dict[str, str]] = defaultdict(dict)
+    found: dict[tuple[str, str, tuple[str, ...]], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for key in keys:
         module, _, leaf = key.rpartition(".")
-        if leaf in ("in_proj_weight", "in_proj_bias"):  # nn.MultiheadAttention
-            fused.append(_Fused("attention", module, leaf.removeprefix("in_proj_"), key))
+        if leaf in _MHA:
+            fused.append(_Fused(module, _MHA[leaf], ("q", "k", "v"), key))
             continue
         if leaf not in _LEAVES:
             continue
         parent, _, name = module.rpartition(".")
-        for family, (part_sets, fused_names) in FAMILIES.items():
-            if name in fused_names and name != "in_proj":
-                fused.append(_Fused(family, parent, leaf, key))
-            for names in part_sets:
-                if name in names:
-                    found[(family, parent, leaf, names)][name] = key
-    parts = [
-        _Parts(family, module, leaf, names, tuple(by_name.get(n) for n in names))
-        for (family, module, leaf, names), by_name in found.items()
+        roles = fused_roles(name)
+        if roles is not None:
+            fused.append(_Fused(parent, leaf, roles, key))
+            continue
+        part = part_role(name)
+        if part is not None:
+            found[(parent, leaf, part[1])][part[0]].append(key)
+    groups = [
+        _Group(parent, leaf, tuple(sorted((r, tuple(ks)) for r, ks in by_role.items())))
+        for (parent, leaf, _), by_role in found.items()
     ]
-    return fused, parts
+    return fused, groups
+
+
+def _pairs(
+    fused_side: list[_Fused], groups: list[_Group], abstentions: list[Abstain], *, fused_is_target: bool
+) -> list[tuple[_Fused, _Group]]:
+    """Each fused key with the one group whose module lines up (tiers in the module docstring)."""
+    by_index = _index_bijection(fused_side, groups)
+    out: list[tuple[_Fused, _Group]] = []
+    for fused in fused_side:
+        fitting = [g for g in groups if g.leaf == fused.leaf and _roles_fit(g, fused)]
+        tiers = (
+            [g for g in fitting if g.module == fused.module],
+            [g for g in fitting if fused.module and g.module and _aligned(g.module, fused.module)],
+            [g for g in fitting if fused.kind in by_index and _indices(g.module) == _indices(fused.module)],
+        )
+        found = next((t for t in tiers if t), [])
+        if len(found) == 1:
+            out.append((fused, found[0]))
+        elif found:
+            candidates = [k for g in found for k in g.all_keys()]
+            reason = f"several separate groups fit fused {fused.key!r}: {', '.join(candidates)}"
+            if fused_is_target:
+                abstentions.append(Abstain(fused.key, reason, tuple(candidates), STRATEGY))
+            else:
+                abstentions += [Abstain(k, reason, (fused.key,), STRATEGY) for k in candidates]
+    rivals: dict[int, list[_Fused]] = defaultdict(list)
+    for fused, group in out:
+        rivals[id(group)].append(fused)
+    for fused, group in out:
+        if len(rivals[id(group)]) > 1:
+            names = tuple(f.key for f in rivals[id(group)])
+            reason = f"several fused candidates: {', '.join(names)}"
+            if fused_is_target:
+                abstentions.append(Abstain(fused.key, reason, group.all_keys(), STRATEGY))
+            else:
+                abstentions += [Abstain(k, reason, names, STRATEGY) for k in group.all_keys()]
+    return [(f, g) for f, g in out if len(rivals[id(g)]) == 1]
+
+
+def _roles_fit(group: _Group, fused: _Fused) -> bool:
+    """The group's roles are the fused roles, or a subset of two or more (a part is missing)."""
+    return group.roles <= set(fused.roles) and (group.roles == set(fused.roles) or len(group.roles) >= 2)
+
+
+def _index_bijection(fused_side: list[_Fused], groups: list[_Group]) -> set[tuple[str, tuple[str, ...]]]:
+    """Fused kinds whose container indices pair one-to-one with the groups' (tier 3 applies to these)."""
+    ok: set[tuple[str, tuple[str, ...]]] = set()
+    for kind in {f.kind for f in fused_side}:
+        f_idx = Counter(_indices(f.module) for f in fused_side if f.kind == kind)
+        g_idx = Counter(_indices(g.module) for g in groups if g.leaf == kind[0] and g.roles == set(kind[1]))
+        if f_idx and max(f_idx.values()) == 1 and g_idx and max(g_idx.values()) == 1 and set(f_idx) == set(g_idx):
+            ok.add(kind)
+    return ok
+
+
+def _indices(module: str) -> tuple[int, ...]:
+    return numeric_components(module) if module else ()
 
 
 def _aligned(a: str, b: str) -> bool:
@@ -199,45 +333,29 @@ def _aligned(a: str, b: str) -> bool:
     return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
-def _pick(module: str, candidates: list) -> object:
-    """The one candidate whose module lines up with ``module`` (exact first), a list if several, None if none."""
-    exact = [c for c in candidates if c.module == module]
-    if len(exact) == 1:
-        return exact[0]
-    if len(exact) > 1:
-        return exact
-    near = [c for c in candidates if module and c.module and _aligned(c.module, module)]
-    if len(near) == 1:
-        return near[0]
-    return near or None
+def _problem(fused: _Fused, group: _Group, ctx: MatchContext, *, fused_is_target: bool) -> str:
+    """Why ``fused`` and ``group`` cannot pair (missing or unclear parts, shapes), or ``""``."""
+    side = "source" if fused_is_target else "target"
+    unclear = [(r, ks) for r, ks in group.parts if len(ks) > 1]
+    if unclear:
+        listed = "; ".join(f"{r}: {', '.join(ks)}" for r, ks in unclear)
+        return f"the {side} has several keys for one role of {fused.key!r} ({listed}); map them with rename="
+    absent = [r for r in fused.roles if group.key(r) is None]
+    if absent:
+        where = group.module or "(root)"
+        return f"{fused.key} is fused but the {side} has no {', '.join(absent)} {fused.leaf} in {where!r}"
+    keys = [group.key(r) or "" for r in fused.roles]
+    part_shapes = [(ctx.source[k] if fused_is_target else ctx.target.tensors[k]).shape for k in keys]
+    whole = (ctx.target.tensors[fused.key] if fused_is_target else ctx.source[fused.key]).shape
+    return _sum_problem(tuple(whole), [tuple(s) for s in part_shapes], fused.key, keys)
 
 
-def _fuse_problem(fused: _Fused, group: _Parts, ctx: MatchContext) -> str:
-    if not group.complete:
-        absent = [n for n, k in zip(group.names, group.keys, strict=True) if k is None]
-        return f"{fused.key} is fused but the source has no {', '.join(absent)} {fused.leaf} in {group.module!r}"
-    shapes = [ctx.source[k].shape for k in group.keys if k]
-    return _sum_problem(ctx.target.tensors[fused.key].shape, shapes, fused.key, group.keys)
-
-
-def _split_problem(parts: _Parts, fused: _Fused, ctx: MatchContext) -> str:
-    if not parts.complete:
-        absent = [n for n, k in zip(parts.names, parts.keys, strict=True) if k is None]
-        return f"source {fused.key} is fused but the target has no {', '.join(absent)} {parts.leaf}"
-    shapes = [ctx.target.tensors[k].shape for k in parts.keys if k]
-    return _sum_problem(ctx.source[fused.key].shape, shapes, fused.key, parts.keys)
-
-
-def _sum_problem(whole: tuple[int, ...], shapes: list[tuple[int, ...]], fused_key: str, keys: tuple) -> str:
+def _sum_problem(whole: tuple[int, ...], shapes: list[tuple[int, ...]], fused_key: str, keys: Sequence[str]) -> str:
     rest = {s[1:] for s in shapes}
     if not whole or rest != {whole[1:]} or any(not s for s in shapes) or sum(s[0] for s in shapes) != whole[0]:
-        listed = ", ".join(f"{k} {tuple(s)}" for k, s in zip(keys, shapes, strict=True))
-        return f"shapes do not add up: {fused_key} {tuple(whole)} vs {listed}"
+        listed = ", ".join(f"{k} {s}" for k, s in zip(keys, shapes, strict=True))
+        return f"shapes do not add up: {fused_key} {whole} vs {listed}"
     return ""
-
-
-def _ambiguous(target: str, candidates: list[str]) -> Abstain:
-    return Abstain(target, f"several fused candidates: {', '.join(candidates)}", tuple(candidates), STRATEGY)
 
 
 def _in_order(matches: list[Match], order: list[str]) -> list[Match]:

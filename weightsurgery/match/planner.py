@@ -178,6 +178,9 @@ def make_plan(
         for a in result.abstentions:
             if a.target in open_t:
                 reasons[a.target] = a.reason
+                if a.final:  # a veto: no later strategy may fill this key
+                    decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
+                    open_t.discard(a.target)
         ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
         ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
