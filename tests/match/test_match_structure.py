@@ -278,6 +278,69 @@ def test_leaf_names_from_other_frameworks_pair_by_role() -> None:
     assert "moving_variance -> running_var" in {m.target: m.evidence for m in result.matches}["1.running_var"]
 
 
+# --- a shortcut registered before the branch on one side, after it on the other -------------
+
+
+def _conv_bn(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class ShortcutFirst(nn.Module):
+    """torchvision RegNet's order: ``proj`` (1x1 conv + bn) before the branch ``f``, whose first conv has its shape."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        if cin != cout:
+            self.proj = _conv_bn(cin, cout)
+        self.f = nn.Module()
+        self.f.a, self.f.b, self.f.c = _conv_bn(cin, cout), _conv_bn(cout, cout, 3, 4), _conv_bn(cout, cout)
+
+
+class ShortcutLast(nn.Module):
+    """timm RegNet's order: the branch ``conv1..conv3``, then ``downsample``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = _conv_bn(cin, cout), _conv_bn(cout, cout, 3, 4), _conv_bn(cout, cout)
+        if cin != cout:
+            self.downsample = _conv_bn(cin, cout)
+
+
+def _shortcut_net(block: type[nn.Module]) -> nn.Sequential:
+    """A stem, two stages of a widening block then same-width ones, a head: the RegNet pattern in small."""
+    stages = [nn.Sequential(block(a, b), *(block(b, b) for _ in range(3))) for a, b in ((8, 16), (16, 32))]
+    return nn.Sequential(_conv_bn(3, 8, 3), *stages, nn.Linear(32, 10))
+
+
+def _shortcut_truth() -> dict[str, str]:
+    """ShortcutLast key -> ShortcutFirst key: the branch to the branch, the shortcut to the shortcut."""
+    parts = {"conv1": "f.a", "conv2": "f.b", "conv3": "f.c", "downsample": "proj"}
+    out = {}
+    for key in _shortcut_net(ShortcutLast).state_dict():
+        names = key.split(".")
+        if len(names) > 3 and names[2] in parts:
+            names[2] = parts[names[2]]
+        out[key] = ".".join(names)
+    return out
+
+
+@pytest.mark.parametrize("sort", [False, True], ids=["module-order", "sorted"])
+@pytest.mark.parametrize("shortcut_first_is_target", [False, True], ids=["last<-first", "first<-last"])
+def test_a_moved_same_shaped_shortcut_is_never_loaded_into_the_branch(sort: bool, shortcut_first_is_target: bool) -> None:
+    truth = _shortcut_truth()
+    if shortcut_first_is_target:
+        target, source, truth = _shortcut_net(ShortcutFirst), _shortcut_net(ShortcutLast), {v: k for k, v in truth.items()}
+    else:
+        target, source = _shortcut_net(ShortcutLast), _shortcut_net(ShortcutFirst)
+    mapping, result = run(context(target, source, sort=sort))
+    wrong = {t: (s, truth[t]) for t, s in mapping.items() if truth[t] != s}
+    assert not wrong, wrong
+    assert mapping["0.0.weight"] == "0.0.weight" and mapping["3.weight"] == "3.weight"  # stem and head still load
+    grouped = "1.0.conv2.0.weight" if not shortcut_first_is_target else "1.0.f.b.0.weight"
+    assert mapping[grouped] == truth[grouped]  # the grouped 3x3 conv has a shape no other module has
+    assert mapping["2.3.conv3.1.running_var" if not shortcut_first_is_target else "2.3.f.c.1.running_var"]
+
+
 # --- unrelated pairs load nothing wrong ------------------------------------------------------
 
 

@@ -9,21 +9,41 @@ strategy:
 2. aligns the two module sequences in order by dynamic programming
    (:mod:`~weightsurgery.match.structure_align`), gaps allowed on both sides,
    so inserted and removed modules, new heads, extra blocks and backbone
-   slices cost nothing; name similarity (:mod:`~weightsurgery.match.tokens`)
-   only breaks ties between alignments of equal structure;
+   slices cost nothing. Every aligned module scores one unit, whatever its
+   tensor count; name similarity (:mod:`~weightsurgery.match.tokens`) only
+   breaks ties between alignments of equal structure;
 3. keeps a module pair only if *every* optimal alignment makes it, and it sits
    in a run of at least :data:`MIN_RUN` consecutive aligned modules (an anchor);
 4. pairs same-signature siblings whose order tells nothing (``q``, ``k``,
    ``v``) by names, or not at all (:mod:`~weightsurgery.match.structure_siblings`);
-5. when either side's keys are sorted (a safetensors file), module order is
-   known only where numbers give it, so it aligns numbered containers instead
-   and pairs the modules inside them (:mod:`~weightsurgery.match.structure_bags`);
-6. matches a leftover module whose signature is unique on both sides, if it
+5. in module order, withdraws a pair that order alone chose among *open
+   twins* (below);
+6. when a side's keys are sorted (a safetensors file), trusts the
+   numeric-aware name order where it provably is module order
+   (:func:`~weightsurgery.match.structure_groups.names_give_order`: numbered
+   siblings, and named ones only where their order cannot mislead); otherwise
+   it aligns numbered containers instead and pairs the modules inside them
+   (:mod:`~weightsurgery.match.structure_bags`);
+7. matches a leftover module whose signature is unique on both sides, if it
    holds a weight of two or more dimensions or the names agree (``conv_stem``
-   sorts after ``blocks``);
-7. loads nothing unless the two sides are clearly related: at least
+   sorts after ``blocks``); a module withdrawn or reported ambiguous is never
+   a leftover, so this elimination builds on certain pairs only;
+8. loads nothing unless the two sides are clearly related: at least
    :data:`MIN_COVERAGE` of the smaller side explained, with an anchor,
    prior name matches, or every open module explained.
+
+What evidence is enough. Order pairs two same-shaped modules only as far as
+both sides order them alike, and libraries do not always: torchvision's RegNet
+registers the shortcut (a 1x1 conv and a norm) before the branch whose first
+1x1 conv and norm have the same shapes; timm registers it last. Shapes cannot
+tell such a reordering from a shortcut dropped on one side and added on the
+other, so the alignment must not be asked to: (a) scoring modules, not
+tensors, keeps a norm's four vectors from outvoting a conv, which turned that
+reordering into one strictly best (and wrong) alignment; the reordering then
+shows as a tie, reported as ambiguous. (b) A pair whose nearest same-shaped
+neighbour is left open on *both* sides, an open twin, could have been either
+twin had the orders differed; it is withdrawn unless names pick it
+(``downsample``/``shortcut``), and its modules are closed to later steps.
 
 What it cannot tell apart it leaves open, with an
 :class:`~weightsurgery.match.base.Abstain` naming the candidates.
@@ -42,9 +62,9 @@ from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResul
 from weightsurgery.match.order import looks_sorted
 from weightsurgery.match.structure_align import align
 from weightsurgery.match.structure_bags import align_bags
-from weightsurgery.match.structure_groups import Group, build_groups, describe, sequence
+from weightsurgery.match.structure_groups import Group, build_groups, describe, names_give_order, sequence
 from weightsurgery.match.structure_leaves import counterpart, pair_leaves
-from weightsurgery.match.structure_siblings import resolve_siblings
+from weightsurgery.match.structure_siblings import mutual_best, open_twins, resolve_siblings
 from weightsurgery.match.tokens import index_agreement, name_similarity
 
 __all__ = ["MIN_COVERAGE", "MIN_RUN", "match_structure"]
@@ -118,7 +138,8 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     s_all = build_groups(ctx.open_sources, ctx.source, _source_owner)
     if not t_all or not s_all:
         return StrategyResult()
-    t_trusted, s_trusted = not looks_sorted(list(spec)), not looks_sorted(list(ctx.source))
+    t_trusted = not looks_sorted(list(spec)) or names_give_order(t_all)
+    s_trusted = not looks_sorted(list(ctx.source)) or names_give_order(s_all)
     ts, ss = sequence(t_all, trusted=t_trusted), sequence(s_all, trusted=s_trusted)
     if t_trusted and s_trusted:
         outcome = _align(ts, ss)
@@ -152,7 +173,8 @@ def _align(ts: Sequence[Group], ss: Sequence[Group]) -> _Outcome:
     """Both sides in module order: pairs every optimal alignment agrees on, siblings sorted out, anchors marked."""
     alignment = align(_weights(ts, ss))
     certain = {i: j for i in range(len(ts)) if (j := alignment.certain(i)) is not None}
-    runs = _run_lengths(certain)
+    runs = _run_lengths(certain)  # a doubted pair still shows where the two orders agree around it
+    doubted = _withdraw_open_twins(certain, ts, ss)
     whole = len(certain) == len(ts) == len(ss)
     pairs: list[_Pair] = []
     for i, j in certain.items():
@@ -169,6 +191,7 @@ def _align(ts: Sequence[Group], ss: Sequence[Group]) -> _Outcome:
         )
         kept.append(_Pair(t, s, evidence, all(pairs[n].anchored for n in members)))
     outcome = _settle([p for p in kept if p.anchored], siblings.contested)
+    _settle_doubted(outcome, doubted)
     for i, t in enumerate(ts):
         if i not in certain and alignment.partners[i] and t.index not in outcome.settled_t:
             rivals = [ss[j] for j in alignment.partners[i]]
@@ -179,6 +202,40 @@ def _align(ts: Sequence[Group], ss: Sequence[Group]) -> _Outcome:
                 f"{', '.join(_p(g.path) for g in rivals)}" + (" or with nothing" if alignment.gap[i] else ""),
             )
     return outcome
+
+
+def _withdraw_open_twins(
+    certain: dict[int, int], ts: Sequence[Group], ss: Sequence[Group]
+) -> list[tuple[list[Group], list[Group], str]]:
+    """Drop from ``certain`` the pairs only order chose among same-shaped modules left open nearby.
+
+    A pair stays when names pick it among its twins (``downsample`` and
+    ``shortcut``). The rest are returned as ``(targets, sources, reason)`` to
+    report and close. Runs are counted before this: a withdrawn pair still
+    shows that the orders agree around it, but never loads itself.
+    """
+    out: list[tuple[list[Group], list[Group], str]] = []
+    for i, (near_t, near_s) in open_twins(certain, ts, ss).items():
+        t, s = ts[i], ss[certain[i]]
+        if (t, s) in mutual_best([t, *near_t], [s, *near_s]):
+            continue
+        del certain[i]
+        rivals = [s, *near_s]
+        reason = (
+            f"ambiguous: module {_p(t.path)} ({describe(t.signature)}) aligns with {_p(s.path)} by order alone, "
+            f"but same-shaped {', '.join(_p(g.path) for g in near_t)} and {', '.join(_p(g.path) for g in near_s)} "
+            "are left open beside them, so the two sides may order these modules differently"
+        )
+        out.append(([t], rivals, reason))
+    return out
+
+
+def _settle_doubted(outcome: _Outcome, doubted: Sequence[tuple[list[Group], list[Group], str]]) -> None:
+    """Report withdrawn pairs as ambiguous and keep their modules from any later pairing."""
+    for t_set, s_set, reason in doubted:
+        outcome.abstentions += _abstain_groups(t_set, s_set, reason)
+        outcome.settled_t.update(g.index for g in t_set)
+        outcome.settled_s.update(g.index for g in s_set)
 
 
 def _align_containers(ts: Sequence[Group], ss: Sequence[Group], *, t_trusted: bool, s_trusted: bool) -> _Outcome:
@@ -226,7 +283,12 @@ def _p(path: str) -> str:
 
 
 def _weights(ts: Sequence[Group], ss: Sequence[Group]) -> torch.Tensor:
-    """Pair scores: structure (tensors aligned) first, name evidence as a tie-breaker below one unit."""
+    """Pair scores: one unit per aligned module, name evidence as a tie-breaker below one unit.
+
+    Every module counts the same: a norm's four vectors are not four times the
+    evidence of a conv's one kernel, or an alignment that skips the convs to
+    pair every norm would win where a shortcut moved.
+    """
     unit = _NAME_SCALE * min(len(ts), len(ss)) + 1
     by_sig: dict[object, list[int]] = {}
     for j, s in enumerate(ss):
@@ -238,7 +300,7 @@ def _weights(ts: Sequence[Group], ss: Sequence[Group]) -> torch.Tensor:
             names = 0.75 * name_similarity(t.path, path) + 0.25 * index_agreement(t.path, path)
             rows.append(i)
             cols.append(j)
-            vals.append(len(t.signature) * unit + round((_NAME_SCALE - 1) * names))
+            vals.append(unit + round((_NAME_SCALE - 1) * names))
     weights = torch.full((len(ts), len(ss)), -1, dtype=torch.int64)
     if rows:
         weights[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(vals, dtype=torch.int64)
@@ -259,17 +321,28 @@ def _run_lengths(pairs: dict[int, int]) -> dict[int, int]:
 
 
 def _residual(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> list[_Pair]:
-    """Leftover modules whose signature is unique on both sides, when shape or names make it telling."""
+    """Leftover modules whose signature is unique on both sides, when shape or names make it telling.
+
+    Elimination assumes the two leftovers are the same part. It does not pair
+    a module whose container (below the root) keeps another leftover that
+    nothing on the other side could match, unless names tie the other module
+    to that container (``classifier`` and ``classifier.3``): such a container
+    is a part the other side lacks (``cls.predictions.transform`` of a
+    masked-LM head, holding a ``dense`` shaped like the backbone's ``pooler.dense``).
+    """
     left_t = [t for t in ts if t.index not in outcome.settled_t]
     left_s = [s for s in ss if s.index not in outcome.settled_s]
     count_t = Counter(t.signature for t in left_t)
     count_s = Counter(s.signature for s in left_s)
+    foreign_t, foreign_s = _foreign_parents(left_t, count_s), _foreign_parents(left_s, count_t)
     by_sig = {s.signature: s for s in left_s}
     out: list[_Pair] = []
     for t in left_t:
         if count_t[t.signature] != 1 or count_s[t.signature] != 1:
             continue
         s = by_sig[t.signature]
+        if _foreign(t, s, foreign_t) or _foreign(s, t, foreign_s):
+            continue
         if t.distinctive:
             why = "a weight no other module has"
         elif name_similarity(t.path.rpartition(".")[2], s.path.rpartition(".")[2]) == 1.0:
@@ -281,6 +354,16 @@ def _residual(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> li
         outcome.settled_t.add(t.index)
         outcome.settled_s.add(s.index)
     return out
+
+
+def _foreign_parents(left: Sequence[Group], other: Counter[object]) -> set[str]:
+    """Containers below the root that keep a leftover module whose signature the other side has not left."""
+    return {g.parent for g in left if g.parent and other[g.signature] == 0}
+
+
+def _foreign(g: Group, other: Group, foreign: set[str]) -> bool:
+    """``g`` sits in a container the other side lacks, and ``other``'s name does not point there."""
+    return g.parent in foreign and name_similarity(other.path, g.parent) == 0.0
 
 
 def _unconfirmed(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) -> list[Abstain]:

@@ -8,7 +8,7 @@ So order is used only where numbers make it real:
 1. each side's modules are pooled into *bags*, one per numbered container
    (:attr:`~weightsurgery.match.structure_groups.Group.bag`);
 2. the bag sequences are aligned (numbers order them), scoring a bag pair by the
-   tensors their modules have in common; only pairs every optimal alignment
+   modules of one signature they have in common; only pairs every optimal alignment
    makes are used;
 3. inside a bag pair, a signature held by one module on each side pairs them;
    several same-signature modules pair in order only where their names order
@@ -149,13 +149,13 @@ def _bags(groups: Sequence[Group], *, trusted: bool) -> dict[str, list[Group]]:
 
 
 def _bag_weights(t_bags: dict[str, list[Group]], s_bags: dict[str, list[Group]]) -> torch.Tensor:
-    """Bag pair score: tensors in common first, bag-name evidence as a tie-breaker."""
+    """Bag pair score: modules in common (each counts once, as in module alignment), bag names as a tie-breaker."""
     t_index, s_index = _by_signature(t_bags), _by_signature(s_bags)
     shared: dict[tuple[int, int], int] = defaultdict(int)
     for sig, t_counts in t_index.items():
         for j, s_count in s_index.get(sig, {}).items():
             for i, t_count in t_counts.items():
-                shared[i, j] += min(t_count, s_count) * len(sig)
+                shared[i, j] += min(t_count, s_count)
     t_keys, s_keys = list(t_bags), list(s_bags)
     unit = _NAME_SCALE * min(len(t_keys), len(s_keys)) + 1
     weights = torch.full((len(t_keys), len(s_keys)), -1, dtype=torch.int64)

@@ -11,6 +11,11 @@ dict, a live model). When the keys are sorted (a safetensors file), the order is
 rebuilt from names (:func:`sequence`); numbers then order numbered containers,
 the *bags* (``blocks.7``), but not differently named siblings inside one.
 
+Sorted names still give the true order when every set of siblings is ordered
+by its names (:func:`names_give_order`): numbered siblings (``0``, ``1``;
+``conv1``, ``conv2``), a lone child, or, in a container that occurs once,
+named siblings that share no signature (``features`` and ``classifier``).
+
 A *clique* is a set of same-signature groups in one parent. Whether their order
 can pair them is decided by :func:`clique_ordered`: names that differ only in
 numbers (``bn0``, ``bn1``) order them; so does a module between them in a
@@ -29,7 +34,16 @@ from weightsurgery.match.order import leaf_rank, natural_key
 from weightsurgery.match.tokens import alpha_stem
 from weightsurgery.sources.checkpoint import TensorMeta
 
-__all__ = ["Group", "Signature", "build_groups", "clique_ordered", "cliques", "describe", "sequence"]
+__all__ = [
+    "Group",
+    "Signature",
+    "build_groups",
+    "clique_ordered",
+    "cliques",
+    "describe",
+    "names_give_order",
+    "sequence",
+]
 
 Signature = tuple[tuple[tuple[int, ...], str], ...]
 
@@ -153,6 +167,66 @@ def sequence(groups: Sequence[Group], *, trusted: bool) -> list[Group]:
         ['b.9', 'b.10']
     """
     return list(groups) if trusted else sorted(groups, key=lambda g: natural_key(g.path))
+
+
+def names_give_order(groups: Sequence[Group]) -> bool:
+    """Whether sorting these modules' paths numeric-aware recovers every order that matters.
+
+    A module's own tensors come before its children's (as ``state_dict``
+    lists them), and a parent's children come in name order. That order is
+    the registration order, or cannot mislead, when each set of siblings
+    holding tensors is
+
+    - a lone child, or
+    - numbered siblings of one stem (``0``, ``1``, ``10``; ``fc1``, ``fc2``), ordered by their numbers, or
+    - named siblings whose subtrees share no signature, in a container whose
+      path has no number (it occurs once: the root, ``backbone``). Then a
+      wrong guess of their order moves whole subtrees once, a reordering the
+      alignment meets between libraries anyway, and no same-shaped module
+      can take another's place.
+
+    Named siblings with a signature in common (``proj`` and ``f`` both holding
+    a ``(48,32,1,1)`` conv) leave the order unknown. So do named siblings in
+    a repeated container (``blocks.0.conv``, ``blocks.0.bn``): sorted, every
+    block would be misordered the same way, and the alignment would shift by
+    one module from block to block.
+
+    Args:
+        groups: one side's groups.
+
+    Returns:
+        ``True`` when the numeric-aware name order can stand for module order.
+
+    Example:
+        >>> import torch
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> split = lambda k: tuple(k.rsplit(".", 1))
+        >>> m = {"features.0.w": f(8, 3), "features.1.w": f(8), "classifier.w": f(2, 8)}
+        >>> names_give_order(build_groups(m, m, split))
+        True
+        >>> m = {"block.proj.w": f(8, 3), "block.f.w": f(8, 3)}
+        >>> names_give_order(build_groups(m, m, split))
+        False
+        >>> m = {"blocks.0.conv.w": f(8, 8), "blocks.0.bn.w": f(8)}
+        >>> names_give_order(build_groups(m, m, split))
+        False
+    """
+    contents: dict[str, dict[str, set[Signature]]] = defaultdict(lambda: defaultdict(set))
+    for g in groups:
+        parts = g.path.split(".") if g.path else []
+        for depth in range(len(parts)):
+            contents[".".join(parts[:depth])][parts[depth]].add(g.signature)
+    for parent, children in contents.items():
+        if len(children) < 2 or len({alpha_stem(c) for c in children}) == 1:
+            continue
+        if any(c.isdigit() for c in parent):
+            return False
+        seen: set[Signature] = set()
+        for signatures in children.values():
+            if seen & signatures:
+                return False
+            seen |= signatures
+    return True
 
 
 def cliques(groups: Sequence[Group]) -> dict[int, list[Group]]:

@@ -6,18 +6,25 @@ siblings that order means nothing when it carries no evidence: ``q``, ``k``,
 pooled per sibling set and re-paired by names: a pair is kept only when each is
 the other's strictly best-named candidate (``q`` and ``query``). The rest are
 *contested* and left for the caller to report as ambiguous.
+
+The same doubt arises when an aligned pair has *open twins*: on both sides, a
+nearest same-signature neighbour that the alignment left unpaired
+(:func:`open_twins`). Then the two sides
+order those same-shaped modules differently (a shortcut registered before the
+branch on one side, after it on the other) or hold a different number of them,
+and the alignment had to choose which of them to pair by order alone.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weightsurgery.match.structure_groups import Group, clique_ordered, cliques
 from weightsurgery.match.tokens import name_similarity
 
-__all__ = ["SiblingResolution", "mutual_best", "resolve_siblings"]
+__all__ = ["SiblingResolution", "mutual_best", "open_twins", "resolve_siblings"]
 
 _Key = tuple[str, tuple[int, ...]]
 
@@ -152,3 +159,75 @@ def mutual_best(t_set: Sequence[Group], s_set: Sequence[Group]) -> list[tuple[Gr
         if strict_best([(sim[u.index, s.index], k) for k, u in enumerate(t_set)]) == a:
             out.append((t, s))
     return out
+
+
+def open_twins(
+    certain: Mapping[int, int], ts: Sequence[Group], ss: Sequence[Group]
+) -> dict[int, tuple[list[Group], list[Group]]]:
+    """Aligned pairs with a same-shaped neighbour left open on both sides.
+
+    A module's *neighbours* are the nearest modules of its signature before and
+    after it in its side's order, if they share a container below the side's
+    top (the deepest path every module of the side sits in). A neighbour the
+    alignment left open is an *open twin*: on both sides, it could have taken
+    the pair's place had the two sides ordered these modules differently.
+
+    Args:
+        certain: row -> column of the pairs every optimal alignment makes.
+        ts: the target's groups in alignment order.
+        ss: the source's groups in alignment order.
+
+    Returns:
+        Row -> (open target twins, open source twins), for each pair that has both.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> w, v = TensorMeta((4, 4), torch.float32), TensorMeta((2, 4), torch.float32)
+        >>> split = lambda k: tuple(k.rsplit(".", 1))
+        >>> t = {"b.conv1.w": w, "b.down.w": w, "head.w": v}  # the shortcut comes last here ...
+        >>> s = {"l.proj.w": w, "l.a.w": w, "fc.w": v}  # ... and first there
+        >>> near_t, near_s = open_twins({0: 0, 2: 2}, build_groups(t, t, split), build_groups(s, s, split))[0]
+        >>> [g.path for g in near_t], [g.path for g in near_s]
+        (['b.down'], ['l.a'])
+    """
+    paired_s = set(certain.values())
+    near_t = _open_neighbours(ts, set(certain))
+    near_s = _open_neighbours(ss, paired_s)
+    out: dict[int, tuple[list[Group], list[Group]]] = {}
+    for i, j in certain.items():
+        if near_t[i] and near_s[j]:
+            out[i] = (near_t[i], near_s[j])
+    return out
+
+
+def _open_neighbours(groups: Sequence[Group], paired: set[int]) -> list[list[Group]]:
+    """Per position: its same-signature neighbours (before, after) that are left open and share a container."""
+    top = _top(groups)
+    by_sig: dict[object, list[int]] = defaultdict(list)
+    for n, g in enumerate(groups):
+        by_sig[g.signature].append(n)
+    out: list[list[Group]] = [[] for _ in groups]
+    for positions in by_sig.values():
+        for k, n in enumerate(positions):
+            for m in (positions[k - 1] if k else None, positions[k + 1] if k + 1 < len(positions) else None):
+                if m is not None and m not in paired and _shared_depth(groups[n].path, groups[m].path) > top:
+                    out[n].append(groups[m])
+    return out
+
+
+def _shared_depth(a: str, b: str) -> int:
+    """How many leading path components ``a`` and ``b`` have in common."""
+    n = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _top(groups: Sequence[Group]) -> int:
+    """The depth of the deepest container every group of a side sits in."""
+    first = groups[0].path if groups else ""
+    return min((_shared_depth(first, g.path) for g in groups), default=0)

@@ -10,6 +10,9 @@ shape; a name similarity never matches two tensors on its own.
 Digits are kept apart from words: ``bn1`` and ``bn2`` share the concept
 ``norm``, and their numbers are compared separately
 (:func:`index_agreement`) because libraries number from 0 or from 1 at will.
+A single letter that names no known concept (``f.a``, ``s1.b1``) is a
+position label, not a meaning, and is left out: otherwise torchvision's
+``f.b`` and timm's ``b1`` would "share" the word ``b``.
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ def concepts(name: str) -> tuple[str, ...]:
         True
         >>> concepts("LayerNorm") == concepts("ln")
         True
+        >>> concepts("s1.b1.conv1"), concepts("f.b.1")
+        (('conv',), ())
     """
     words = [t for t in split_tokens(name) if not t.isdigit() and t not in _FILLER]
     out: list[str] = []
@@ -148,10 +153,12 @@ def concepts(name: str) -> tuple[str, ...]:
             i += 2
             continue
         word = words[i]
+        i += 1
+        if word not in _CONCEPT and len(word) == 1:
+            continue  # an unknown letter (``f.a``, ``s1.b1``) is a position, not a meaning
         if word not in _CONCEPT and len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
             word = word[:-1]
         out.append(_CONCEPT.get(word, word))
-        i += 1
     return tuple(out)
 
 
