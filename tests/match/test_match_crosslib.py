@@ -17,11 +17,9 @@ from types import ModuleType
 
 import pytest
 import torch
+import torchvision
 
-pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
-
-from weightsurgery import transfer  # noqa: E402  (after the skips)
+from weightsurgery import transfer
 
 HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "matching_eval.py"
 
@@ -51,6 +49,10 @@ CASES = [
     ("mmdet backbone.convnext -> timm.convnext_tiny", False, 178),
     ("tv.resnet18 -> timm.vit_tiny", False, 0),
     ("tv.convnext_tiny -> timm.efficientnet_b0", True, 0),
+    ("tv.efficientnet_b0 -> timm.efficientnet_b0", True, 360),
+    ("tv.vgg16 -> nested VGG16 features", True, 26),
+    ("Lightning distill (student+teacher) -> tv.resnet18", False, 122),
+    ("tv.regnet_y_400mf -> timm.regnety_004", False, 276),
 ]
 
 
