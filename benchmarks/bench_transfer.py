@@ -128,7 +128,9 @@ def floor_loose(path: Path, model: nn.Module) -> nn.Module:
     params = dict(model.state_dict(keep_vars=True))
     with torch.no_grad():
         for k, v in state.items():
-            dst = params.get(k) or params.get(k.split(".", 1)[1])
+            dst = params.get(k)
+            if dst is None:
+                dst = params.get(k.split(".", 1)[1])
             if dst is not None:
                 dst.copy_(v)
     return model
