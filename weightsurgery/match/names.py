@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from weightsurgery.errors import PlanError
 from weightsurgery.match.base import Abstain, Match, MatchContext, Strategy, StrategyResult
 
-__all__ = ["RenameRule", "compile_rename", "explicit_strategy", "match_exact", "match_prefix", "rename_strategy"]
+__all__ = [
+    "RenameRule",
+    "compile_rename",
+    "explicit_strategy",
+    "match_exact",
+    "match_prefix",
+    "prefix_splits",
+    "rename_strategy",
+]
 
 RenameRule = tuple["re.Pattern[str]", str]
 
@@ -111,11 +119,11 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     open_sources = set(ctx.open_sources)
     candidates: list[tuple[str, str, str, str]] = []  # (target, source, kind, prefix)
     for src in ctx.open_sources:
-        for prefix, rest in _splits(src):
+        for prefix, rest in prefix_splits(src):
             if rest in open_targets:
                 candidates.append((rest, src, "stripped", prefix))
     for tgt in ctx.open_targets:
-        for prefix, rest in _splits(tgt):
+        for prefix, rest in prefix_splits(tgt):
             if rest in open_sources:
                 candidates.append((tgt, rest, "added", prefix))
     if not candidates:
@@ -158,7 +166,7 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     return StrategyResult(matches, [a for t, a in blocked.items() if t not in taken_t])
 
 
-def _splits(key: str) -> list[tuple[str, str]]:
+def prefix_splits(key: str) -> list[tuple[str, str]]:
     """``"a.b.c.weight"`` -> ``[("a.", "b.c.weight"), ("a.b.", "c.weight"), ...]``, stopping at a number."""
     parts = key.split(".")
     out = []

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
+from weightsurgery.match.names import prefix_splits
 from weightsurgery.match.tokens import numeric_components
 
 __all__ = ["GENERIC", "is_generic", "match_suffix"]
@@ -227,13 +228,13 @@ class _SubtreeRenames:
         self._added: dict[str, list[str]] = defaultdict(list)  # rest -> prefixes a with a + rest matched
         for s in closed_sources:
             self._added[s].append("")
-            for prefix, rest in _prefix_splits(s):
+            for prefix, rest in prefix_splits(s):
                 self._added[rest].append(prefix)
         self._ruling: dict[str, tuple[Rename, int] | None] = {}
 
     def _renames(self, target: str) -> set[Rename]:
         found = {("", a) for a in self._added.get(target, ())}
-        return found | {(r, "") for r, rest in _prefix_splits(target) if rest in self._closed_sources}
+        return found | {(r, "") for r, rest in prefix_splits(target) if rest in self._closed_sources}
 
     def _rule(self, scope: str) -> tuple[Rename, int] | None:
         """The rename that loaded most of ``scope``'s tensors, with how many, or ``None``."""
@@ -273,14 +274,3 @@ def _scopes(key: str) -> list[str]:
     """The module paths enclosing ``key``, outermost first: ``"a.b.w"`` -> ``["", "a", "a.b"]``."""
     parts = key.split(".")
     return [".".join(parts[:i]) for i in range(len(parts))]
-
-
-def _prefix_splits(key: str) -> list[tuple[str, str]]:
-    """``"a.b.c"`` -> ``[("a.", "b.c"), ("a.b.", "c")]``, stopping before a numeric component."""
-    parts = key.split(".")
-    out = []
-    for i in range(1, len(parts)):
-        if parts[i - 1].isdigit():
-            break
-        out.append((".".join(parts[:i]) + ".", ".".join(parts[i:])))
-    return out
