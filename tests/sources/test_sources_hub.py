@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
@@ -12,20 +11,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 from torch import nn
 
+from sources_payloads import tensors, torch_bytes
+
 from weightsurgery.errors import SourceNotFoundError, SourceSpecError
 from weightsurgery.sources import SourceKind, resolve
 from weightsurgery.sources.hub import HubId, parse_hub_id
-
-
-def tensors(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"layer.weight": torch.randn(4, 3, generator=g), "layer.bias": torch.randn(4, generator=g)}
-
-
-def torch_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
 
 
 def assert_same(ckpt, state: dict[str, torch.Tensor]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -13,16 +12,12 @@ import torchvision
 from safetensors.torch import save
 from torchvision.models import ResNet18_Weights
 
+from sources_payloads import torch_bytes
+
 from weightsurgery.errors import UnknownSourceError
 from weightsurgery.sources import SourceKind, resolve
 from weightsurgery.sources._timm import hub_candidates
 from weightsurgery.sources.registry import suggest
-
-
-def torch_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save
 from torch import nn
+
+from sources_payloads import tensors, torch_bytes
 
 from weightsurgery.errors import (
     CorruptCheckpointError,
@@ -20,17 +21,6 @@ from weightsurgery.errors import (
 )
 from weightsurgery.sources import SourceKind, resolve
 from weightsurgery.sources.url import expected_hashes
-
-
-def tensors(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"layer.weight": torch.randn(4, 3, generator=g), "layer.bias": torch.randn(4, generator=g)}
-
-
-def torch_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
 
 
 def sha256(data: bytes) -> str:
