@@ -4,8 +4,9 @@ Safetensors stores each tensor's bytes once and refuses tensors that share
 memory. Two rules bridge that:
 
 * **Shared tensors.** Names that view *the same* tensor (tied weights: same
-  storage, offset, shape and strides) are written once; each dropped name is
-  recorded in the metadata as ``{alias: kept_name}``, the convention of
+  storage, offset, shape and strides; :mod:`weightsurgery.sources.shared`)
+  are written once; each dropped name is recorded in the metadata as
+  ``{alias: kept_name}``, the convention of
   ``safetensors.torch.save_model``. Writing a torch pickle restores such
   aliases as one shared tensor. Views that overlap only partly (a slice of
   another tensor) are cloned, so each is written whole; they come back as
@@ -39,6 +40,7 @@ from safetensors.torch import save_file
 from weightsurgery._io import atomic_path
 from weightsurgery.errors import OutputExistsError, OutputWriteError, WeightSurgeryError
 from weightsurgery.sources import Checkpoint, resolve
+from weightsurgery.sources.shared import alias_map, same_view
 
 __all__ = [
     "METADATA_KEY",
@@ -170,16 +172,16 @@ def convert_checkpoint(
     if dst.exists() and not overwrite:
         raise OutputExistsError(f"output {dst} already exists; pass overwrite=True (--force) to replace it", path=dst)
     with resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet) as ckpt:
-        tensors = _read_all(ckpt, progress)
+        tensors = _read_all(ckpt, progress)  # names that share a tensor come back as one tensor
         metadata = _source_metadata(ckpt)
         if fmt == "safetensors":
             aliases, cloned = write_safetensors(tensors, dst, metadata=metadata)
             metadata = {"format": "pt", **aliases, **metadata}  # the header as written
             written = len(tensors) - len(aliases)
         else:
-            aliases = _restore_aliases(tensors, metadata)
+            aliases = alias_map(ckpt.metadata.get("tied", ()))
             cloned = ()
-            metadata = {k: v for k, v in metadata.items() if k not in aliases and (k, v) != ("format", "pt")}
+            metadata = {k: v for k, v in metadata.items() if (k, v) != ("format", "pt")}
             write_torch(tensors, dst, metadata=metadata)
             written = len(tensors)
         logger.info("wrote %d tensors from %s to %s", written, ckpt.origin.describe(), dst)
@@ -282,10 +284,13 @@ def _writing(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> dict[str, torch.Tensor]:
+    """Every tensor, read once per shared tensor: the names of a ``metadata["tied"]`` group get one tensor."""
+    canonical = alias_map(ckpt.metadata.get("tied", ()))
     tensors: dict[str, torch.Tensor] = {}
     total = len(ckpt)
     for i, name in enumerate(ckpt.keys()):
-        tensors[name] = ckpt.load(name)
+        kept = canonical.get(name)
+        tensors[name] = tensors[kept] if kept in tensors else ckpt.load(name)
         if progress is not None:
             progress(i + 1, total)
     return tensors
@@ -294,26 +299,23 @@ def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> 
 def _source_metadata(ckpt: Checkpoint) -> dict[str, str]:
     """The checkpoint's metadata as ``{str: str}``: header entries and scalars flat, the rest JSON-encoded.
 
-    ``"tied"`` (groups of names sharing a tensor) is left out: the writers
-    rediscover sharing from the tensors themselves.
+    ``"tied"`` (groups of names sharing a tensor) and a header's ``{alias: kept}``
+    entries are left out: the writers rediscover sharing from the tensors themselves.
     """
+    aliases = alias_map(ckpt.metadata.get("tied", ()))
     out: dict[str, str] = {}
     for name, value in ckpt.metadata.items():
-        if name == "tied":
+        if name in ("tied", "extra_state"):
             continue
         if name in ("safetensors", "file_metadata", "scalars") and isinstance(value, Mapping):
-            out.update({str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in value.items()})
+            out.update({
+                str(k): v if isinstance(v, str) else json.dumps(v, default=str)
+                for k, v in value.items()
+                if not (k in aliases and aliases[k] == aliases.get(v, v))
+            })
         elif value not in (None, {}, [], ()):
             out[str(name)] = value if isinstance(value, str) else json.dumps(value, default=str)
     return out
-
-
-def _restore_aliases(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
-    """Re-add names a safetensors file dropped as aliases (``{alias: kept}``), sharing the kept tensor."""
-    aliases = {k: v for k, v in metadata.items() if k not in tensors and v in tensors}
-    for alias, kept in aliases.items():
-        tensors[alias] = tensors[kept]
-    return aliases
 
 
 def _dedupe(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], tuple[str, ...]]:
@@ -334,7 +336,7 @@ def _dedupe(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
             continue
         where = (str(tensor.device), storage.data_ptr())
         earlier = written.setdefault(where, [])
-        same = next((k for k in earlier if _same_view(tensors[k], tensor)), None)
+        same = next((k for k in earlier if same_view(tensors[k], tensor)), None)
         if same is not None:
             aliases[name] = same
         elif earlier:
@@ -344,12 +346,3 @@ def _dedupe(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
             unique[name] = tensor.contiguous()
             earlier.append(name)
     return unique, aliases, tuple(cloned)
-
-
-def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.storage_offset() == b.storage_offset()
-    )

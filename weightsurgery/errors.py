@@ -16,7 +16,9 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   ├── OfflineSourceError(ConnectionError)       offline and not cached
     │   └── IntegrityError(ValueError)                a download whose hash does not match
     ├── PlanError(ValueError)                         a plan that does not fit the target
-    │   └── ShapeMismatchError                        on_mismatch="error" and shapes differ
+    │   ├── ShapeMismatchError                        on_mismatch="error" and shapes differ
+    │   └── SharedMemoryConflictError                 two target tensors share memory but would get different values
+    ├── ModuleProtocolError(TypeError)                a module transfer cannot handle (lazy, unloadable extra state)
     ├── StrictTransferError(RuntimeError)             strict=True and keys were left over
     ├── CoverageError(RuntimeError)                   coverage under min_coverage=
     ├── AdapterError(ValueError)                      an adapter whose conditions do not hold
@@ -35,7 +37,7 @@ them without parsing the message.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "AdapterError",
@@ -47,12 +49,14 @@ __all__ = [
     "InitSpecError",
     "InitSpecMismatchError",
     "IntegrityError",
+    "ModuleProtocolError",
     "OfflineSourceError",
     "OutputExistsError",
     "OutputWriteError",
     "PlanError",
     "RecipeError",
     "ShapeMismatchError",
+    "SharedMemoryConflictError",
     "SourceError",
     "SourceNotFoundError",
     "SourceSpecError",
@@ -178,6 +182,36 @@ class PlanError(WeightSurgeryError, ValueError):
 
 class ShapeMismatchError(PlanError):
     """Raised under ``on_mismatch="error"`` when matched tensors differ in shape."""
+
+
+class SharedMemoryConflictError(PlanError):
+    """Target tensors that share memory (views of one tensor) would receive different values.
+
+    Copying them one after the other would leave only the last write; nothing was changed.
+
+    Attributes:
+        keys: the target keys involved, in pairs ``(a, b)``.
+        sources: target key -> where its value came from (a source key, or ``"init"``/``"kept"``).
+    """
+
+    def __init__(
+        self, message: str, *, keys: Sequence[tuple[str, str]] = (), sources: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, problems=[f"{a} / {b}" for a, b in keys])
+        self.keys = tuple(keys)
+        self.sources = dict(sources or {})
+
+
+class ModuleProtocolError(WeightSurgeryError, TypeError):
+    """A module that a transfer cannot fill the way torch would: a lazy module, unloadable extra state.
+
+    Attributes:
+        module: the module's path in its model (``"<root>"`` for the model itself).
+    """
+
+    def __init__(self, message: str, *, module: str) -> None:
+        super().__init__(message)
+        self.module = module
 
 
 class StrictTransferError(WeightSurgeryError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
@@ -15,7 +16,7 @@ from weightsurgery._grouping import group_keys
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.match.plan import Action, Plan
-from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan
+from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan, plan_unused
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.report import KeyRecord, Report
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -156,6 +157,8 @@ def _run(
     if plan is not None:
         the_plan = complete_plan(plan if isinstance(plan, Plan) else Plan.load(plan), target)
         validate_plan(the_plan, checkpoint, target)
+        # what goes unused is a fact about the checkpoint applied now, not about the one the plan was saved from
+        the_plan = dataclasses.replace(the_plan, unused=plan_unused(the_plan.entries, checkpoint, checkpoint.metadata))
     else:
         the_plan = make_plan(
             checkpoint.metas, target, options, source_metadata=checkpoint.metadata,

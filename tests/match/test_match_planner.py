@@ -85,7 +85,11 @@ def test_tied_alias_is_not_loaded_twice_and_not_missing() -> None:
     assert plan.entries["lm_head.weight"].action is Action.TIED
     assert plan.entries["lm_head.weight"].alias_of == "embed.weight"
     assert plan.entries["embed.weight"].action is Action.LOAD
-    # The source's copy of the alias is a duplicate of the same tensor: nothing reads it.
+    # The source's lm_head.weight is the tensor embed.weight loaded from: it was used (torch accepts this
+    # transfer under strict=True), once the source says the two names share a tensor.
+    tied = {"tied": [["embed.weight", "lm_head.weight"]]}
+    assert make_plan(metas(model), TargetSpec.from_module(model), source_metadata=tied).unused == ()
+    # Without that knowledge, an untied source's lm_head.weight really is unused: its values go nowhere.
     assert plan.unused == ("lm_head.weight",)
 
 

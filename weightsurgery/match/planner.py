@@ -32,8 +32,9 @@ from weightsurgery.match.names import compile_rename, explicit_strategy, match_e
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
+from weightsurgery.sources.shared import unused_sources
 
-__all__ = ["STRATEGIES", "MismatchPolicy", "PlanOptions", "make_plan"]
+__all__ = ["STRATEGIES", "MismatchPolicy", "PlanOptions", "make_plan", "plan_unused"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def make_plan(
         >>> from torch import nn
         >>> from weightsurgery.match.target import TargetSpec
         >>> from weightsurgery.sources.checkpoint import TensorMeta
+from weightsurgery.sources.shared import unused_sources
         >>> src = {"module.0.weight": TensorMeta((3, 2), torch.float32), "module.0.bias": TensorMeta((3,), torch.float32)}
         >>> plan = make_plan(src, TargetSpec.from_module(nn.Sequential(nn.Linear(2, 3))))
         >>> plan.mapping
@@ -199,9 +201,21 @@ def make_plan(
         )
     for alias, canonical in target.aliases.items():
         entries[alias] = PlanEntry(alias, Action.TIED, alias_of=canonical, evidence=f"tied to {canonical}")
-    used = {s for e in entries.values() if e.action in (Action.LOAD, Action.ADAPT) for s in e.source_keys}
-    unused = tuple(k for k in source if k not in used)
-    return Plan(entries, unused, source_name)
+    return Plan(entries, plan_unused(entries, source, metadata), source_name)
+
+
+def plan_unused(
+    entries: Mapping[str, PlanEntry], source: Iterable[str], source_metadata: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """The source keys no entry reads, in source order; a key sharing its tensor with a read one was used.
+
+    Args:
+        entries: the plan's entries.
+        source: every source key (a ``Checkpoint``'s keys).
+        source_metadata: the checkpoint's metadata; its ``"tied"`` groups name shared tensors.
+    """
+    read = (s for e in entries.values() if e.action in (Action.LOAD, Action.ADAPT) for s in e.source_keys)
+    return unused_sources(read, source, (source_metadata or {}).get("tied", ()))
 
 
 def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:

@@ -6,13 +6,15 @@ built on the meta device too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from weightsurgery.errors import ModuleProtocolError
 from weightsurgery.sources.checkpoint import TensorMeta
+from weightsurgery.sources.shared import tensor_identity
 
 __all__ = ["TargetSpec", "TargetTensor"]
 
@@ -56,15 +58,24 @@ class TargetSpec:
         tensors: canonical key -> tensor, in ``state_dict`` order. Tied aliases
             are not listed here.
         aliases: alias key -> canonical key for tied or shared tensors (for
-            example a language-model head tied to the embedding).
+            example a language-model head tied to the embedding): the same
+            object, or the same view of the same bytes
+            (:func:`weightsurgery.sources.shared.tensor_identity`).
+        extra_state: paths of modules that keep extra state
+            (``get_extra_state``/``set_extra_state``), saved by torch as ``<path>._extra_state``.
     """
 
     tensors: Mapping[str, TargetTensor]
     aliases: Mapping[str, str]
+    extra_state: tuple[str, ...] = ()
 
     @classmethod
     def from_module(cls, module: nn.Module) -> TargetSpec:
         """Describe ``module``'s persistent state.
+
+        Raises:
+            ModuleProtocolError: a lazy module (``nn.LazyLinear``) whose
+                parameters are not initialized yet; the error names it.
 
         Example:
             >>> from torch import nn
@@ -74,9 +85,13 @@ class TargetSpec:
         """
         tensors: dict[str, TargetTensor] = {}
         aliases: dict[str, str] = {}
-        seen: dict[int, str] = {}
+        seen: dict[Hashable, str] = {}
+        extra: list[str] = []
         for mod_path, mod in module.named_modules(remove_duplicate=False):
             prefix = f"{mod_path}." if mod_path else ""
+            _check_not_lazy(mod_path, mod)
+            if type(mod).get_extra_state is not nn.Module.get_extra_state and mod_path not in extra:
+                extra.append(mod_path)
             non_persistent = getattr(mod, "_non_persistent_buffers_set", set())
             entries = [(n, t, False) for n, t in mod._parameters.items()]
             entries += [(n, t, True) for n, t in mod._buffers.items() if n not in non_persistent]
@@ -86,7 +101,7 @@ class TargetSpec:
                 key = prefix + name
                 if key in tensors or key in aliases:
                     continue
-                ident = id(tensor)
+                ident = tensor_identity(tensor)
                 if ident in seen:
                     aliases[key] = seen[ident]
                     continue
@@ -100,7 +115,7 @@ class TargetSpec:
                     name=name,
                     is_buffer=is_buffer,
                 )
-        return cls(tensors=tensors, aliases=aliases)
+        return cls(tensors=tensors, aliases=aliases, extra_state=tuple(extra))
 
     def keys(self) -> list[str]:
         """Canonical keys followed by alias keys."""
@@ -111,3 +126,16 @@ class TargetSpec:
 
     def metas(self) -> dict[str, TensorMeta]:
         return {k: t.meta for k, t in self.tensors.items()}
+
+
+def _check_not_lazy(path: str, mod: nn.Module) -> None:
+    lazy = [n for n, p in mod._parameters.items() if p is not None and nn.parameter.is_lazy(p)]
+    lazy += [n for n, b in mod._buffers.items() if b is not None and nn.parameter.is_lazy(b)]
+    if lazy:
+        where = repr(path) if path else "<root>"
+        raise ModuleProtocolError(
+            f"target module {where} ({type(mod).__name__}) is lazy: {', '.join(lazy)} not initialized yet, "
+            "so it has no shape to match; run one forward pass with a sample input (or build the non-lazy "
+            "module) before transferring into it. Nothing was changed",
+            module=path or "<root>",
+        )

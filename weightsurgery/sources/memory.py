@@ -6,8 +6,11 @@ indexes them: :meth:`Checkpoint.load` hands back the caller's own tensor
 
 ``Checkpoint.metadata`` keys set here:
 
-* ``"tied"`` (:func:`from_module`): groups of state-dict keys that name one
-  shared tensor, e.g. ``[["embed.weight", "head.weight"]]``.
+* ``"tied"``: groups of state-dict keys that name one shared tensor (the same
+  object, or the same view of the same bytes, as :mod:`weightsurgery.sources.shared`
+  defines it), e.g. ``[["embed.weight", "head.weight"]]``.
+* ``"extra_state"``: ``{key: value}`` for the ``<module>._extra_state`` entries a
+  module's ``get_extra_state`` wrote (torch's protocol); they are not tensors to match.
 * ``"scalars"`` (nested checkpoints): the root's string, number and boolean
   entries, e.g. ``{"epoch": 3, "arch": "resnet18"}``.
 """
@@ -22,27 +25,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightsurgery.errors import ModuleProtocolError
 from weightsurgery.sources import nested
 from weightsurgery.sources.checkpoint import Checkpoint, Origin, SourceKind, TensorMeta
+from weightsurgery.sources.shared import shared_groups
 
-__all__ = ["from_mapping", "from_module", "from_tensors", "from_unwrapped"]
+__all__ = ["EXTRA_STATE", "from_mapping", "from_module", "from_tensors", "from_unwrapped"]
 
 logger = logging.getLogger(__name__)
 
 MAPPING_LOCATION = "<mapping>"
+
+#: The state-dict name torch gives a module's ``get_extra_state()`` (``"norm._extra_state"``).
+EXTRA_STATE = "_extra_state"
 
 
 def from_module(module: nn.Module) -> Checkpoint:
     """Index a module's ``state_dict()`` (parameters and persistent buffers).
 
     Tied tensors appear under every name, as in ``state_dict()``; the groups
-    are listed in ``metadata["tied"]``.
+    are listed in ``metadata["tied"]``. What ``get_extra_state`` returns is
+    kept in ``metadata["extra_state"]``.
 
     Args:
         module: the source model.
 
     Returns:
         A :class:`Checkpoint` of kind ``MODULE`` over the module's own tensors.
+
+    Raises:
+        ModuleProtocolError: a lazy module (``nn.LazyLinear``) whose parameters
+            were never initialized; the error names it.
 
     Example:
         >>> from torch import nn
@@ -53,13 +66,9 @@ def from_module(module: nn.Module) -> Checkpoint:
         (['0.weight', '1.weight'], [['0.weight', '1.weight']])
     """
     state = module.state_dict(keep_vars=True)
-    groups: dict[int, list[str]] = {}
-    for name, tensor in state.items():
-        groups.setdefault(id(tensor), []).append(name)
-    tied = [names for names in groups.values() if len(names) > 1]
     cls = type(module)
     origin = Origin(SourceKind.MODULE, f"{cls.__module__}.{cls.__qualname__}")
-    return from_tensors(state, origin, metadata={"tied": tied} if tied else None)
+    return from_tensors(state, origin)
 
 
 def from_mapping(mapping: Mapping[Any, Any], *, key: str | None) -> Checkpoint:
@@ -127,7 +136,13 @@ def from_unwrapped(
         if scalars:
             meta["scalars"] = scalars
     origin = dataclasses.replace(origin, container=found.container, details={**origin.details, **found.details()})
-    return from_tensors(found.tensors, origin, metadata=meta, closer=closer)
+    tensors: dict[str, Any] = dict(found.tensors)
+    if found.prefix is None and any(_is_extra_state(k) for k in found.ignored):
+        chosen: Any = root
+        for step in found.container:
+            chosen = chosen[step]
+        tensors.update({k: chosen[k] for k in found.ignored if _is_extra_state(k) and k in chosen})
+    return from_tensors(tensors, origin, metadata=meta, closer=closer)
 
 
 def from_tensors(
@@ -138,6 +153,9 @@ def from_tensors(
     closer: Callable[[], None] | None = None,
 ) -> Checkpoint:
     """Index tensors that are already loaded (possibly memory-mapped).
+
+    Names that share one tensor are recorded in ``metadata["tied"]``;
+    ``<module>._extra_state`` entries go to ``metadata["extra_state"]``.
 
     Args:
         tensors: name -> tensor; parameters are detached when loaded.
@@ -154,7 +172,24 @@ def from_tensors(
         >>> ckpt.load("w").tolist()
         [1.0, 1.0]
     """
-    index = dict(tensors)
+    meta = dict(metadata or {})
+    extra = {k: v for k, v in tensors.items() if _is_extra_state(k)}
+    index = {k: v for k, v in tensors.items() if k not in extra}
+    if extra:
+        meta["extra_state"] = extra
+    for name, t in index.items():
+        if nn.parameter.is_lazy(t) or not isinstance(t, torch.Tensor):
+            owner = name.rpartition(".")[0] or "<root>"
+            what = "an uninitialized lazy parameter" if isinstance(t, torch.Tensor) else f"a {type(t).__name__}"
+            raise ModuleProtocolError(
+                f"source {origin.describe()}: {name!r} is {what}, not a tensor with data; "
+                + (f"run one forward pass through the lazy module {owner!r} (nn.LazyLinear...) to initialize it "
+                   "before transferring from it" if isinstance(t, torch.Tensor) else "pass tensors only"),
+                module=owner,
+            )
+    tied = shared_groups(index)
+    if tied:
+        meta["tied"] = tied
     metas = {name: TensorMeta.of(t) for name, t in index.items()}
 
     def load(name: str) -> torch.Tensor:
@@ -166,4 +201,8 @@ def from_tensors(
             closer()
 
     logger.debug("indexed %d tensors from %s", len(index), origin.describe())
-    return Checkpoint(metas, load, origin, metadata=metadata, closer=close)
+    return Checkpoint(metas, load, origin, metadata=meta, closer=close)
+
+
+def _is_extra_state(key: str) -> bool:
+    return key == EXTRA_STATE or key.endswith("." + EXTRA_STATE)

@@ -11,7 +11,11 @@ underneath a read raises an error instead of killing the process with SIGBUS.
 The loaded tensors are owned, so apply puts them into a model without a second copy.
 
 ``Checkpoint.metadata["safetensors"]`` holds the header's ``__metadata__``
-(``{}`` when it has none).
+(``{}`` when it has none). A tensor written once for several names
+(``safetensors.torch.save_model``, ``weightsurgery convert``) is listed there as
+``{alias: kept}``: the alias becomes a key of the checkpoint that reads the
+kept tensor, and the names are a group of ``metadata["tied"]``, as for tied
+tensors of an in-memory source (:mod:`weightsurgery.sources.shared`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from weightsurgery.errors import CorruptCheckpointError, UnknownContainerError
 from weightsurgery.sources import nested
 from weightsurgery.sources.checkpoint import Checkpoint, Origin, SourceKind, TensorMeta
+from weightsurgery.sources.shared import metadata_aliases
 
 __all__ = ["SafetensorsHeader", "open_header", "open_safetensors"]
 
@@ -175,12 +180,18 @@ def open_safetensors(path: Path, *, key: str | None, location: str | None = None
         (['w'], {'format': 'pt'}, [1.0, 1.0])
     """
     header = open_header(path)
+    stored = {k: k for k in header.metas}  # every name -> the name its bytes are stored under
+    stored.update(metadata_aliases(header.metadata, header.metas))
     try:
-        renames = {k: k for k in header.metas} if key is None else nested.select_prefix(header.metas, key, source=path)
+        renames = {k: k for k in stored} if key is None else nested.select_prefix(stored, key, source=path)
     except UnknownContainerError:
         header.close()
         raise
-    metas = {new: header.metas[old] for new, old in renames.items()}
+    metas = {new: header.metas[stored[old]] for new, old in renames.items()}
+    groups: dict[str, list[str]] = {}
+    for new, old in renames.items():
+        groups.setdefault(stored[old], []).append(new)
+    tied = [names for names in groups.values() if len(names) > 1]
     origin = Origin(
         SourceKind.SAFETENSORS,
         str(path) if location is None else location,
@@ -190,8 +201,9 @@ def open_safetensors(path: Path, *, key: str | None, location: str | None = None
     )
 
     def load(name: str) -> torch.Tensor:
-        return header.read(renames[name])
+        return header.read(stored[renames[name]])
 
-    return Checkpoint(
-        metas, load, origin, metadata={"safetensors": header.metadata}, closer=header.close, owned=header.fd >= 0
-    )
+    metadata: dict[str, Any] = {"safetensors": header.metadata}
+    if tied:
+        metadata["tied"] = tied
+    return Checkpoint(metas, load, origin, metadata=metadata, closer=header.close, owned=header.fd >= 0)
