@@ -136,7 +136,6 @@ def make_plan(
         >>> from torch import nn
         >>> from weightsurgery.match.target import TargetSpec
         >>> from weightsurgery.sources.checkpoint import TensorMeta
-from weightsurgery.sources.shared import unused_sources
         >>> src = {"module.0.weight": TensorMeta((3, 2), torch.float32), "module.0.bias": TensorMeta((3,), torch.float32)}
         >>> plan = make_plan(src, TargetSpec.from_module(nn.Sequential(nn.Linear(2, 3))))
         >>> plan.mapping
