@@ -10,6 +10,7 @@ from torch import nn
 
 from weightsurgery import transfer
 from weightsurgery.convert import convert_checkpoint
+from weightsurgery.errors import SharedMemoryConflictError
 from weightsurgery.match.plan import Plan
 from weightsurgery.sources import resolve
 
@@ -133,3 +134,79 @@ def test_reapplied_plan_recomputes_unused_from_the_checkpoint(tmp_path) -> None:
     other = transfer({**src.state_dict(), "other": torch.zeros(2)}, nn.Sequential(nn.Linear(2, 3)),
                      plan=tmp_path / "plan.json")
     assert other.unused == ("other",) and other.unexpected_keys == ["other"] and other.plan.unused == ("other",)
+
+
+# --- 11. target tensors that share memory without being tied ----------------------------------------------
+
+
+class Overlapping(nn.Module):
+    """Two parameters over one tensor's bytes: ``row`` is the first row of ``full``, not tied by identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = torch.zeros(3, 2)
+        self.full = nn.Parameter(base)
+        self.row = nn.Parameter(base[0])
+
+
+def test_overlapping_target_tensors_with_different_sources_raise_and_change_nothing() -> None:
+    target = Overlapping()
+    before = target.full.detach().clone()
+    source = {"full": torch.arange(6.0).reshape(3, 2), "row": torch.tensor([7.0, 8.0])}
+    with pytest.raises(SharedMemoryConflictError, match=r"full \(from source 'full'\) and row \(from source 'row'\)") as err:
+        transfer(source, target)
+    assert err.value.keys == (("full", "row"),)
+    assert err.value.sources == {"full": "from source 'full'", "row": "from source 'row'"}
+    assert torch.equal(target.full, before) and target.row.data_ptr() == target.full.data_ptr()
+
+
+def test_overlapping_target_tensors_that_agree_both_load() -> None:
+    target = Overlapping()
+    full = torch.arange(6.0).reshape(3, 2)
+    report = transfer({"full": full, "row": full[0].clone()}, target)
+    assert report.mapping == {"full": "full", "row": "row"}
+    assert torch.equal(target.full, full) and torch.equal(target.row, full[0])
+
+
+def test_an_overlapping_leftover_that_would_be_overwritten_is_a_conflict() -> None:
+    target = Overlapping()
+    with pytest.raises(SharedMemoryConflictError, match=r"row \(from the fallback init\)"):
+        transfer({"full": torch.arange(6.0).reshape(3, 2)}, target, init="constant(5.0)")
+    assert torch.equal(target.full, torch.zeros(3, 2))
+
+
+def test_two_parameters_over_the_same_view_are_tied() -> None:
+    class SameView(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            base = torch.zeros(2, 2)
+            self.a, self.b = nn.Parameter(base), nn.Parameter(base)
+
+    target = SameView()
+    src = torch.arange(4.0).reshape(2, 2)
+    report = transfer({"a": src, "b": src + 10}, target)
+    assert report.records["b"].status == "tied" and report.records["b"].alias_of == "a"
+    assert report.mapping == {"a": "a"} and report.unused == ("b",)  # b's own values went nowhere
+    assert torch.equal(target.a, src) and torch.equal(target.b, src)
+
+
+# --- 12. an in-memory source that is the target itself ------------------------------------------------------
+
+
+def test_swapping_two_weights_of_the_model_with_itself() -> None:
+    model = fill(nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)))
+    first, second = model[0].weight.detach().clone(), model[1].weight.detach().clone()
+    report = transfer(model, model, rename={"0.weight": "1.weight", "1.weight": "0.weight"}, strict=True)
+    assert report.mapping == {"0.weight": "1.weight", "1.weight": "0.weight"}
+    assert torch.equal(model[0].weight, second) and torch.equal(model[1].weight, first)
+
+
+def test_shifting_a_state_dict_view_of_the_target() -> None:
+    model = fill(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = model.state_dict()  # views of the model's own tensors
+    explicit = {f"{(i + 1) % 3}.{n}": f"{i}.{n}" for i in range(3) for n in ("weight", "bias")}
+    report = transfer(state, model, rename=explicit)
+    assert report.mapping == explicit
+    for tgt, src in explicit.items():
+        assert torch.equal(model.state_dict()[tgt], before[src]), tgt

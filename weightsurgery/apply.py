@@ -6,6 +6,9 @@
    and device, and compute the fallback init for the leftovers. The module is
    not touched, so any error here (a truncated file, an adapter, an interrupt)
    leaves it bit-for-bit unchanged.
+   A staged tensor that shares memory with the target (a source that is the
+   target itself) is copied first, and target tensors that overlap are
+   checked to end up with the values the report claims (:mod:`weightsurgery._memory`).
 3. **Commit.** Copy the staged tensors in place (``copy_`` under ``no_grad``),
    or, for tensors on the ``meta`` device (a factory-built target), assign
    them as new parameters. A tied parameter is filled once, through its canonical key.
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightsurgery._memory import aliases_target, check_overlaps, target_storages
 from weightsurgery.errors import PlanError
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
@@ -148,12 +152,15 @@ def apply_plan(
     fills = _fills(module, target, copies, init_rules, seed)
     staged: dict[str, torch.Tensor] = {}
     casts: dict[str, tuple[str, str]] = {}
+    memory = frozenset() if checkpoint.owned else target_storages(current)  # a source that is the target
     for i, e in enumerate(copies):
         dst = current[e.target]
         tensor, sources = _read(checkpoint, e, target, fills.tensors.get(e.target))
         if tensor.dtype != dst.dtype:
             casts[e.target] = (str(tensor.dtype).removeprefix("torch."), str(dst.dtype).removeprefix("torch."))
         staged[e.target] = _stage(tensor, dst, sources, owned=checkpoint.owned)
+        if aliases_target(staged[e.target], memory):  # commit would overwrite it before reading it
+            staged[e.target] = staged[e.target].clone()
         if progress is not None:
             progress(i + 1, total)
     init = compute_init(module, target, init_keys, init_rules, seed=seed)
@@ -161,6 +168,7 @@ def apply_plan(
     if progress is not None:
         progress(total, total)
 
+    check_overlaps(current, staged, plan)
     _commit(module, target, current, staged)
     frozen: tuple[str, ...] = ()
     if freeze:
