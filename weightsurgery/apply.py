@@ -48,7 +48,8 @@ class ApplyResult:
 
     Attributes:
         casts: target key -> (source dtype, target dtype) where they differ.
-        init_specs: target key -> the init spec used (``"trunc_normal(std=0.02)"``).
+        init_specs: target key -> the init spec used (``"trunc_normal(std=0.02)"``); for an
+            adapted key that gained rows, the spec of the new rows.
         init_rules: target key -> the rule that chose it (``"head.*"``, ``"default"``).
         frozen: parameter keys set to ``requires_grad=False``.
     """
@@ -174,7 +175,8 @@ def apply_plan(
     if freeze:
         frozen = _freeze(module, target, [e.target for e in copies])
     logger.debug("applied %d copies, %d inits, %d casts", len(copies), len(init_keys), len(casts))
-    return ApplyResult(casts=casts, init_specs=dict(init.specs), init_rules=dict(init.rules), frozen=frozen)
+    return ApplyResult(casts=casts, init_specs={**fills.specs, **init.specs}, init_rules={**fills.rules, **init.rules},
+                       frozen=frozen)
 
 
 def _fills(module: nn.Module, target: TargetSpec, copies: list[PlanEntry], init_rules: Any, seed: int | None) -> Any:

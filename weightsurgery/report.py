@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from weightsurgery._grouping import group_keys
-from weightsurgery.match.plan import Plan
+from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.sources.checkpoint import Origin
 
-__all__ = ["KeyRecord", "Report", "Status"]
+__all__ = ["KeyRecord", "Report", "Status", "entry_loaded_numel"]
 
 Status = Literal["loaded", "adapted", "initialized", "tied"]
 
@@ -40,10 +40,14 @@ class KeyRecord:
         source_dtype: the source tensor's dtype, where one was read.
         adapter: the adapter applied, with ``adapter_args``.
         adapter_args: the adapter's arguments.
-        init_spec: the init spec used (``"trunc_normal(std=0.02)"``).
+        init_spec: the init spec used (``"trunc_normal(std=0.02)"``); for an
+            adapted key that gained rows (a grown head or vocabulary), the spec
+            that filled the new rows.
         init_rule: the rule that chose the spec (``"head.*"``, ``"default"``).
         alias_of: for a tied key, the key it shares its tensor with.
         numel: the number of elements.
+        loaded_numel: for an adapted key, how many elements hold source values
+            when that is fewer than ``numel`` (the new rows of a grown head do not).
     """
 
     target: str
@@ -62,6 +66,14 @@ class KeyRecord:
     init_spec: str | None = None
     init_rule: str | None = None
     alias_of: str | None = None
+    loaded_numel: int | None = None
+
+    @property
+    def num_loaded(self) -> int:
+        """The elements filled from the source: all of a loaded key, the copied rows of a grown one, 0 otherwise."""
+        if self.status not in ("loaded", "adapted"):
+            return 0
+        return self.numel if self.loaded_numel is None else self.loaded_numel
 
     @property
     def cast(self) -> str | None:
@@ -84,6 +96,8 @@ class KeyRecord:
             out["adapter_args"] = dict(self.adapter_args)
         out["target_shape"] = list(self.target_shape)
         out["target_dtype"] = self.target_dtype
+        if self.loaded_numel is not None:
+            out["loaded_numel"] = self.loaded_numel
         if self.source_shape is not None:
             out["source_shape"] = list(self.source_shape)
         if self.source_dtype is not None:
@@ -186,7 +200,7 @@ class Report:
 
     @property
     def num_loaded_params(self) -> int:
-        return sum(r.numel for r in self._canonical() if r.status in ("loaded", "adapted"))
+        return sum(r.num_loaded for r in self._canonical())
 
     @property
     def coverage(self) -> float:
@@ -278,6 +292,25 @@ class Report:
         return f"<Report {self.summary()}>"
 
 
+def entry_loaded_numel(entry: PlanEntry, target_shape: tuple[int, ...], source_shape: tuple[int, ...] | None) -> int:
+    """How many target elements a plan entry fills from the source: 0 for init, only the copied rows of a grown head.
+
+    Example:
+        >>> from weightsurgery.match.plan import Action, PlanEntry
+        >>> e = PlanEntry("fc.weight", Action.ADAPT, source="fc.weight", adapter="head", adapter_args={"rows": [3, -1]})
+        >>> entry_loaded_numel(e, (2, 8), (10, 8)), entry_loaded_numel(PlanEntry("b", Action.LOAD, source="b"), (4,), (4,))
+        (8, 4)
+    """
+    numel = math.prod(target_shape)
+    if entry.action is Action.LOAD:
+        return numel
+    if entry.action is not Action.ADAPT:
+        return 0
+    from weightsurgery.adapt import get_adapter
+
+    return get_adapter(entry.adapter or "").loaded_numel(entry.adapter_args, source_shape or target_shape, target_shape)
+
+
 def _loaded_note(r: KeyRecord) -> str:
     notes = []
     if r.strategy == "prefix" and r.evidence:
@@ -289,7 +322,14 @@ def _loaded_note(r: KeyRecord) -> str:
 
 def _adapted_note(r: KeyRecord) -> str:
     args = ", ".join(f"{k}={v}" for k, v in r.adapter_args.items() if not isinstance(v, (list, tuple)) or len(v) <= 4)
-    return f"{args}; {r.cast}" if r.cast else args
+    notes = [args] if args else []
+    if r.loaded_numel is not None and r.numel:
+        rows = r.target_shape[0] if r.target_shape else 1
+        copied = r.loaded_numel * rows // r.numel
+        notes.append(f"{copied} of {rows} rows from the source" + (f", new rows {r.init_spec}" if r.init_spec else ""))
+    if r.cast:
+        notes.append(r.cast)
+    return "; ".join(notes)
 
 
 def _init_note(r: KeyRecord) -> str:

@@ -18,7 +18,7 @@ from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan, plan_unused
 from weightsurgery.match.target import TargetSpec
-from weightsurgery.report import KeyRecord, Report
+from weightsurgery.report import KeyRecord, Report, entry_loaded_numel
 from weightsurgery.sources.checkpoint import Checkpoint
 from weightsurgery.sources.resolve import resolve
 
@@ -212,7 +212,8 @@ def _merge_recipe(recipe: Any, rename: Any, adapt: Any, init: Any) -> tuple[Any,
 def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, required: float | None) -> list[str]:
     filled = [k for k, e in plan.entries.items() if e.action in (Action.LOAD, Action.ADAPT)]
     total = sum(t.numel for t in target.tensors.values())
-    coverage = sum(target.tensors[k].numel for k in filled) / total if total else 1.0
+    loaded = sum(_loaded_numel(plan.entries[k], target, checkpoint) for k in filled)  # a grown head: its copied rows
+    coverage = loaded / total if total else 1.0
     tensor_coverage = len(filled) / len(target.tensors) if target.tensors else 1.0
     notes = []
     if required is not None and coverage < required:
@@ -268,6 +269,8 @@ def _report(
             else:
                 chosen, rule = rules.select(key, t.module_type, is_buffer=t.is_buffer)
                 spec = chosen.describe()
+        elif e.action is Action.ADAPT:  # the new rows of a grown head or vocabulary
+            spec, rule = _fill_of(e, t, rules, result)
         records[key] = KeyRecord(
             target=key,
             status=status[e.action],  # type: ignore[arg-type]
@@ -285,6 +288,32 @@ def _report(
             init_spec=spec,
             init_rule=rule,
             alias_of=e.alias_of,
+            loaded_numel=_partial(e, target, checkpoint),
         )
     return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
                   frozen=result.frozen, warnings=warnings, model=model)
+
+
+def _loaded_numel(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int:
+    meta = checkpoint.metas.get(e.source_keys[0]) if e.source_keys else None
+    shape = e.source_shape or (meta.shape if meta else None)
+    return entry_loaded_numel(e, target.tensors[e.target].shape, shape)
+
+
+def _partial(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int | None:
+    """The loaded elements of an adapted key that gained rows; ``None`` when all came from the source."""
+    if e.action is not Action.ADAPT:
+        return None
+    n = _loaded_numel(e, target, checkpoint)
+    return n if n < target.tensors[e.target].numel else None
+
+
+def _fill_of(e: Any, t: Any, rules: Any, result: ApplyResult) -> tuple[str | None, str | None]:
+    if e.target in result.init_specs:
+        return result.init_specs[e.target], result.init_rules.get(e.target)
+    from weightsurgery.adapt import get_adapter
+
+    if not get_adapter(e.adapter or "").needs_fill(e.adapter_args):
+        return None, None
+    chosen, rule = rules.select(e.target, t.module_type, is_buffer=t.is_buffer)  # a dry run: what apply would use
+    return chosen.describe(), rule

@@ -161,3 +161,42 @@ def test_a_rule_with_its_own_sources_fills_a_target_no_strategy_matched():
     assert report.records["in_proj_weight"].strategy == "rule"
     assert torch.equal(mha.in_proj_weight, torch.cat([q.weight, k.weight, v.weight]))
     assert report.unused == ()
+
+
+def test_a_grown_head_counts_only_its_copied_rows_as_loaded_and_records_the_fill_spec():
+    src = nn.Sequential(nn.Linear(3, 5))
+    with torch.no_grad():
+        src[0].weight.copy_(torch.arange(15.0).reshape(5, 3))
+        src[0].bias.copy_(torch.arange(5.0))
+    target = nn.Sequential(nn.Linear(3, 4))
+    report = transfer(src, target, classes=[4, 2], init="constant(0.5)", on_mismatch="adapt")
+    w, b = report.records["0.weight"], report.records["0.bias"]
+    assert (w.status, w.adapter, dict(w.adapter_args)) == ("adapted", "head", {"rows": [4, 2, -1, -1]})
+    assert (w.loaded_numel, w.num_loaded, w.numel, w.init_spec, w.init_rule) == (6, 6, 12, "constant(0.5)", "*")
+    assert (b.loaded_numel, b.num_loaded, b.init_spec) == (2, 2, "constant(0.5)")
+    assert report.num_loaded_params == 8 and report.num_params == 16 and report.coverage == 0.5
+    assert report.to_dict()["records"][0]["loaded_numel"] == 6 and report.to_dict()["coverage"] == 0.5
+    assert "coverage 50.0% of 16 parameters" in report.summary()
+    assert "2 of 4 rows from the source, new rows constant(0.5)" in str(report)
+    expected = torch.cat([src[0].weight[[4, 2]], torch.full((2, 3), 0.5)])
+    assert torch.equal(target[0].weight, expected)
+    assert torch.equal(target[0].bias, torch.tensor([4.0, 2.0, 0.5, 0.5]))
+    dry = transfer(src, nn.Sequential(nn.Linear(3, 4)), classes=[4, 2], init="constant(0.5)", on_mismatch="adapt",
+                   dry_run=True)
+    assert dry.records["0.weight"].init_spec == "constant(0.5)" and dry.coverage == 0.5
+
+
+def test_a_grown_vocabulary_counts_only_its_copied_rows_as_loaded():
+    src = nn.Embedding(6, 2)
+    with torch.no_grad():
+        src.weight.copy_(torch.arange(12.0).reshape(6, 2))
+    target = nn.Embedding(8, 2)
+    report = transfer(src, target, on_mismatch="adapt")
+    record = report.records["weight"]
+    assert (record.adapter, dict(record.adapter_args)) == ("vocab", {"new_rows": "mean"})
+    assert (record.loaded_numel, record.init_spec) == (12, None)  # the new rows are the mean, not an init
+    assert report.coverage == 0.75 and report.num_loaded_params == 12
+    assert torch.equal(target.weight[:6], src.weight)
+    assert torch.equal(target.weight[6:], torch.tensor([[5.0, 6.0], [5.0, 6.0]]))  # the mean row
+    shrunk = transfer(src, nn.Embedding(4, 2), on_mismatch="adapt")
+    assert shrunk.records["weight"].loaded_numel is None and shrunk.coverage == 1.0

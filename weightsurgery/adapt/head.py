@@ -125,7 +125,11 @@ def _has_new_rows(args: Mapping[str, Any]) -> bool:
     return NEW_ROW in args.get("rows", ())
 
 
-@register_adapter("head", needs_fill=_has_new_rows)
+def _source_rows(args: Mapping[str, Any], source_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int:
+    return sum(1 for r in args.get("rows", ()) if int(r) != NEW_ROW)
+
+
+@register_adapter("head", needs_fill=_has_new_rows, source_rows=_source_rows)
 def _head(
     tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, rows: Sequence[int], fill: Tensor | None = None
 ) -> Tensor:

@@ -46,6 +46,9 @@ def _never(args: Mapping[str, Any]) -> bool:
     return False
 
 
+RowCount = Callable[[Mapping[str, Any], tuple[int, ...], tuple[int, ...]], int]
+
+
 @dataclass(frozen=True)
 class Adapter:
     """A registered adapter.
@@ -58,6 +61,9 @@ class Adapter:
         required: the options without a default.
         takes_fill: ``fn`` accepts ``fill=`` (rows from the fallback init).
         fill_predicate: ``args -> bool``: whether a call with ``args`` needs ``fill``.
+        source_rows: ``(args, source_shape, target_shape) -> int``: how many
+            target rows (dim 0) hold source values, for adapters that make new
+            rows; ``None`` when every element comes from the source.
     """
 
     name: str
@@ -67,6 +73,7 @@ class Adapter:
     required: frozenset[str] = frozenset()
     takes_fill: bool = False
     fill_predicate: Callable[[Mapping[str, Any]], bool] = _never
+    source_rows: RowCount | None = None
 
     def needs_fill(self, args: Mapping[str, Any]) -> bool:
         """Whether running with ``args`` needs an initialized ``fill`` tensor.
@@ -80,14 +87,40 @@ class Adapter:
         """
         return self.takes_fill and bool(self.fill_predicate(args))
 
+    def loaded_numel(self, args: Mapping[str, Any], source_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int:
+        """How many elements of the result come from the source (new rows do not).
 
-def register_adapter(name: str, *, needs_fill: Callable[[Mapping[str, Any]], bool] | None = None) -> Callable[[F], F]:
+        Example:
+            >>> import weightsurgery.adapt
+            >>> get_adapter("head").loaded_numel({"rows": [3, -1]}, (10, 8), (2, 8))
+            8
+            >>> get_adapter("transpose").loaded_numel({}, (2, 3), (3, 2))
+            6
+        """
+        numel = 1
+        for d in target_shape:
+            numel *= d
+        if self.source_rows is None or not target_shape or target_shape[0] == 0:
+            return numel
+        rows = max(0, min(int(self.source_rows(args, tuple(source_shape), tuple(target_shape))), target_shape[0]))
+        return numel // target_shape[0] * rows
+
+
+def register_adapter(
+    name: str,
+    *,
+    needs_fill: Callable[[Mapping[str, Any]], bool] | None = None,
+    source_rows: RowCount | None = None,
+) -> Callable[[F], F]:
     """Register ``fn`` under ``name`` (a decorator).
 
     Args:
         name: the adapter's name; must be new.
         needs_fill: for adapters that accept ``fill=``: ``args -> bool``, whether
             a call needs it (default: always, if ``fn`` accepts ``fill``).
+        source_rows: for adapters that make new rows: ``(args, source_shape,
+            target_shape) -> int``, the target rows that hold source values
+            (the report counts only those as loaded).
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -131,6 +164,7 @@ def register_adapter(name: str, *, needs_fill: Callable[[Mapping[str, Any]], boo
             required=frozenset(p.name for p in options if p.default is p.empty and p.name != "fill"),
             takes_fill=takes_fill,
             fill_predicate=needs_fill or (lambda args: True),
+            source_rows=source_rows,
         )
         return fn
 

@@ -108,7 +108,11 @@ def _uses_fill(args: Mapping[str, Any]) -> bool:
     return args.get("new_rows", "mean") == "init"
 
 
-@register_adapter("vocab", needs_fill=_uses_fill)
+def _copied_rows(args: Mapping[str, Any], source_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int:
+    return min(source_shape[0], target_shape[0]) if source_shape else 0
+
+
+@register_adapter("vocab", needs_fill=_uses_fill, source_rows=_copied_rows)
 def _vocab(
     tensors: Sequence[Tensor],
     target_shape: tuple[int, ...],
