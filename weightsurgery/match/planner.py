@@ -7,8 +7,9 @@ Strategies run in this order, each on the keys still open:
 3. ``exact``     same name
 4. ``prefix``    a wrapper prefix stripped or added, per subtree
 5. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
-6. ``suffix``    the longest common suffix of whole components
-7. ``structure`` module-tree alignment, for checkpoints from another library
+6. ``recurrent`` a multi-layer ``LSTM``/``GRU``/``RNN`` to and from one module or cell per layer
+7. ``suffix``    the longest common suffix of whole components
+8. ``structure`` module-tree alignment, for checkpoints from another library
 
 The planner then decides each target key: a same-shaped match loads; a shape
 mismatch follows ``on_mismatch``; an unmatched key is initialized, with the
@@ -40,10 +41,20 @@ logger = logging.getLogger(__name__)
 
 
 #: Built-in strategies by name, in the order they run. Optional ones are imported lazily.
-STRATEGIES: tuple[str, ...] = ("explicit", "rename", "exact", "prefix", "fused", "suffix", "structure")
+STRATEGIES: tuple[str, ...] = (
+    "explicit",
+    "rename",
+    "exact",
+    "prefix",
+    "fused",
+    "recurrent",
+    "suffix",
+    "structure",
+)
 
 _OPTIONAL: dict[str, tuple[str, str]] = {
     "fused": ("weightsurgery.match.fused", "match_fused"),
+    "recurrent": ("weightsurgery.match.recurrent", "match_recurrent"),
     "suffix": ("weightsurgery.match.suffix", "match_suffix"),
     "structure": ("weightsurgery.match.structure", "match_structure"),
 }

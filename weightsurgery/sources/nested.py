@@ -20,6 +20,12 @@ The choice rule:
    (:data:`IGNORED_KEYS`: optimizer, schedulers, callbacks, scaler, loops).
    Lists are not searched. Tensors that a container holds beside its nested state
    dicts are ignored, with a debug log.
+   Optimizer state is never a candidate, whatever its key
+   (:mod:`~weightsurgery.sources.optim_state`): a mapping in
+   ``Optimizer.state_dict()``'s layout is not searched, one parameter's slots
+   (``exp_avg``, ``momentum_buffer``...) are not a state dict, and flattened
+   moments beside the weights (``state.0.exp_avg``, ``optimizer.state.0...``)
+   are dropped from the chosen state dict and listed in ``optimizer_state``.
 3. Every state dict found is a *candidate*, ranked by its path (:class:`Rank`):
    ``REGULAR`` when each step is a known wrapper key (:data:`WRAPPER_KEYS`),
    ``EMA`` when the steps are known and one is an EMA key (:data:`EMA_KEYS`),
@@ -46,6 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from weightsurgery.errors import AmbiguousContainerError, EmptyCheckpointError, UnknownContainerError
+from weightsurgery.sources import optim_state
 
 __all__ = [
     "EMA_KEYS",
@@ -68,12 +75,8 @@ WRAPPER_KEYS: frozenset[str] = frozenset(
 EMA_KEYS: frozenset[str] = frozenset({"model_ema", "state_dict_ema", "ema", "ema_model", "ema_state_dict"})
 """Container keys that hold an exponential moving average of the weights."""
 
-IGNORED_KEYS: frozenset[str] = frozenset(
+IGNORED_KEYS: frozenset[str] = optim_state.OPTIMIZER_KEYS | frozenset(
     {
-        "optimizer",
-        "optimizers",
-        "optimizer_states",
-        "optimizer_state_dict",
         "lr_scheduler",
         "lr_schedulers",
         "scheduler",
@@ -121,6 +124,7 @@ class Unwrapped:
         alternatives: dotted paths of the other state dicts that were not chosen.
         ignored: keys of non-tensor entries dropped from the chosen state dict.
         prefix: the key prefix that was selected and stripped (``"model_ema."``), if any.
+        optimizer_state: flattened optimizer-state keys dropped from the chosen state dict.
     """
 
     tensors: dict[str, torch.Tensor]
@@ -128,13 +132,15 @@ class Unwrapped:
     alternatives: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
     prefix: str | None = None
+    optimizer_state: tuple[str, ...] = ()
 
     def details(self) -> dict[str, object]:
         """The non-empty facts worth reporting, for ``Origin.details``.
 
         Keys: ``"alternatives"`` (dotted container paths not chosen),
-        ``"ignored"`` (non-tensor entries dropped) and ``"key_prefix"`` (the
-        stripped prefix).
+        ``"ignored"`` (non-tensor entries dropped), ``"key_prefix"`` (the
+        stripped prefix) and ``"optimizer_state"`` (how many flattened
+        optimizer-state tensors were dropped).
 
         Example:
             >>> Unwrapped({}, ("model",), alternatives=("model_ema",)).details()
@@ -147,6 +153,8 @@ class Unwrapped:
             out["ignored"] = list(self.ignored)
         if self.prefix:
             out["key_prefix"] = self.prefix
+        if self.optimizer_state:
+            out["optimizer_state"] = len(self.optimizer_state)
         return out
 
 
@@ -201,7 +209,7 @@ def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: obje
     prefix = key + "."
     hits = [c for c in candidates if any(isinstance(k, str) and k.startswith(prefix) for k in c.mapping)]
     if len(hits) == 1:
-        tensors, ignored = _tensors_of(hits[0].mapping, where)
+        tensors, ignored, optimizer = _tensors_of(hits[0].mapping, where)
         renames = select_prefix(tensors, key, source=source)
         logger.debug("key=%r selected %d tensors under prefix %r in %s", key, len(renames), prefix, where)
         return Unwrapped(
@@ -210,6 +218,7 @@ def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: obje
             alternatives=tuple(c.dotted for c in candidates if c is not hits[0]),
             ignored=ignored,
             prefix=prefix,
+            optimizer_state=optimizer,
         )
     if len(hits) > 1:
         names = [c.dotted for c in hits]
@@ -288,14 +297,14 @@ def _candidates(node: Mapping[object, object], path: tuple[str, ...]) -> list[_C
         seen.add(id(mapping))
         before = len(found)
         for k, v in mapping.items():
-            if isinstance(k, str) and isinstance(v, Mapping) and k.lower() not in IGNORED_KEYS:
+            if isinstance(k, str) and isinstance(v, Mapping) and not _training_state(k, v):
                 visit(v, (*at, k))
         if len(found) > before:
             loose = [k for k, v in mapping.items() if isinstance(v, torch.Tensor)]
             if loose:
                 logger.debug("ignoring tensors %s held beside nested state dicts at %s", loose, at or "<root>")
             return True
-        if any(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in mapping.items()):
+        if not optim_state.is_slot_mapping(mapping) and _tensors_of(mapping, "")[0]:
             found.append(_Candidate(at, mapping))
             return True
         return False
@@ -329,24 +338,39 @@ def _choose(
             candidates=names,
         )
     chosen = top[0]
-    tensors, ignored = _tensors_of(chosen.mapping, where)
+    tensors, ignored, optimizer = _tensors_of(chosen.mapping, where)
     alternatives = tuple(c.dotted for c in candidates if c is not chosen)
     if alternatives:
         logger.info("took state dict %s from %s; also there: %s", chosen.dotted, where, ", ".join(alternatives))
-    return Unwrapped(tensors=tensors, container=chosen.path, alternatives=alternatives, ignored=ignored)
+    return Unwrapped(
+        tensors=tensors, container=chosen.path, alternatives=alternatives, ignored=ignored, optimizer_state=optimizer
+    )
 
 
-def _tensors_of(mapping: Mapping[object, object], where: str) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+def _training_state(key: str, value: Mapping[object, object]) -> bool:
+    """A container of training state, never searched: a known key or an optimizer's state dict."""
+    return key.lower() in IGNORED_KEYS or optim_state.is_optimizer_state(value)
+
+
+def _tensors_of(
+    mapping: Mapping[object, object], where: str
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...], tuple[str, ...]]:
+    """The weights, the non-tensor entries, and the flattened optimizer-state keys of a state dict."""
     tensors: dict[str, torch.Tensor] = {}
     ignored: list[str] = []
+    optimizer: list[str] = []
     for k, v in mapping.items():
-        if isinstance(k, str) and isinstance(v, torch.Tensor):
+        if isinstance(k, str) and isinstance(v, torch.Tensor) and optim_state.is_optimizer_key(k):
+            optimizer.append(k)
+        elif isinstance(k, str) and isinstance(v, torch.Tensor):
             tensors[k] = v
         else:
             ignored.append(str(k))
-    if ignored:
+    if ignored and where:
         logger.debug("ignoring non-tensor entries in %s: %s", where, ", ".join(ignored))
-    return tensors, tuple(ignored)
+    if optimizer and where:
+        logger.info("dropped %d optimizer-state tensors from %s (e.g. %s)", len(optimizer), where, optimizer[0])
+    return tensors, tuple(ignored), tuple(optimizer)
 
 
 def _walk(obj: Mapping[object, object], key: str) -> tuple[str, ...] | None:
@@ -384,8 +408,10 @@ def _listing(names: list[str]) -> str:
 def _empty_message(node: Mapping[object, object], where: str, under: str) -> str:
     at = f" under key={under!r}" if under else ""
     kinds = [f"{k} ({type(v).__name__})" for k, v in list(node.items())[:_MAX_LISTED]]
+    moments = _tensors_of(node, "")[2]
+    what = f"only optimizer state ({len(moments)} tensors such as {moments[0]})" if moments else "no tensors"
     return (
-        f"{where} holds no tensors{at}; its entries are: {', '.join(kinds) or '(none)'}. "
+        f"{where} holds {what}{at}; its entries are: {', '.join(kinds) or '(none)'}. "
         "It is not a checkpoint of model weights (an optimizer-only file or a config?): "
         "pass the file or object that holds the state dict"
     )
