@@ -71,6 +71,35 @@ class Cells(nn.Module):
         return torch.stack(outs, 1)
 
 
+class BiCells(nn.Module):
+    """A bidirectional stack as two cell stacks, the backward one stepped from the end."""
+
+    def __init__(self, cls: type = nn.LSTM, layers: int = LAYERS, names: tuple[str, str] = ("fwd_cells", "bwd_cells")):
+        super().__init__()
+        self.lstm, self.names = cls is nn.LSTM, names
+        for name in names:
+            setattr(self, name, nn.ModuleList(CELLS[cls](IN if k == 0 else 2 * HID, HID) for k in range(layers)))
+
+    def _run(self, cell: nn.Module, x: torch.Tensor, steps: range) -> list[torch.Tensor]:
+        h = c = x.new_zeros(x.shape[0], HID)
+        out = [h] * x.shape[1]
+        for t in steps:
+            if self.lstm:
+                h, c = cell(x[:, t], (h, c))
+            else:
+                h = cell(x[:, t], h)
+            out[t] = h
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fwd, bwd = (getattr(self, n) for n in self.names)
+        steps = x.shape[1]
+        for f, b in zip(fwd, bwd, strict=True):
+            ahead, back = self._run(f, x, range(steps)), self._run(b, x, range(steps - 1, -1, -1))
+            x = torch.stack([torch.cat(pair, 1) for pair in zip(ahead, back, strict=True)], 1)
+        return x
+
+
 def _seq() -> torch.Tensor:
     return torch.randn(2, 7, IN, generator=torch.Generator().manual_seed(1))
 
@@ -121,6 +150,27 @@ def test_multi_layer_into_a_cell_stack_stepped_over_time_and_back(cls):
     back = _transfer(Cells(cls), Multi(cls))
     assert back.mapping["rnn.weight_ih_l0"] == "cells.0.weight_ih"
     assert len(back.mapping) == 4 * LAYERS and _strategies(back) == {"recurrent"}
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_bidirectional_into_a_forward_and_a_backward_cell_stack_and_back(cls):
+    report = _transfer(Multi(cls, True), BiCells(cls))
+    assert report.mapping["fwd_cells.1.weight_ih"] == "rnn.weight_ih_l1"
+    assert report.mapping["bwd_cells.1.weight_ih"] == "rnn.weight_ih_l1_reverse"
+    assert report.mapping["bwd_cells.2.bias_hh"] == "rnn.bias_hh_l2_reverse"
+    assert len(report.mapping) == 2 * 4 * LAYERS and _strategies(report) == {"recurrent"}
+    back = _transfer(BiCells(cls, names=("cells_fw", "cells_bw")), Multi(cls, True))
+    assert back.mapping["rnn.weight_hh_l0_reverse"] == "cells_bw.0.weight_hh"
+    assert len(back.mapping) == 2 * 4 * LAYERS
+
+
+def test_cell_stacks_without_a_direction_pair_are_not_merged():
+    spec = TargetSpec.from_module(BiCells(nn.GRU, names=("left", "right")))
+    src = Multi(nn.GRU, True)
+    metas = {k: TensorMeta(tuple(v.shape), v.dtype) for k, v in src.state_dict().items()}
+    result = match_recurrent(MatchContext(metas, spec, list(spec.tensors), list(metas)))
+    assert not result.matches
+    assert {a.reason.split(":")[0] for a in result.abstentions} == {"recurrent stack disagrees with 'rnn' (directions 2 vs 1)"}
 
 
 def test_cells_and_per_layer_modules_map_into_each_other():

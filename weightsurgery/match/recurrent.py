@@ -13,6 +13,11 @@ themselves hold the same tensors in other names. This strategy knows three
 * ``cells``: one ``LSTMCell`` / ``GRUCell`` / ``RNNCell`` per layer
   (``cells.1.weight_ih``); a cell has one direction and no projection.
 
+Two one-direction ``layers`` or ``cells`` stacks whose paths differ only by a
+direction word (``fwd_cells`` / ``bwd_cells``, ``forward`` / ``backward``,
+``fw`` / ``bw``) are one bidirectional stack: the backward one holds the
+``_reverse`` tensors.
+
 Layer ``k`` in direction ``d`` of one layout is layer ``k`` in direction ``d``
 of the other, and a tensor keeps its role (``weight_ih`` ...). A source stack
 and a target stack of *different* layouts pair when:
@@ -47,6 +52,7 @@ from torch import nn
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
 from weightsurgery.match.target import TargetSpec
+from weightsurgery.match.tokens import split_tokens
 
 __all__ = ["GATES", "gates_of", "match_recurrent"]
 
@@ -66,6 +72,9 @@ GATES: Mapping[type, int] = {
 _KIND = {4: "LSTM", 3: "GRU", 1: "RNN"}
 _LAYERED = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
 _CELL = re.compile(r"^(weight|bias)_(ih|hh)$")
+
+_FORWARD = frozenset({"forward", "forwards", "fwd", "fw"})
+_BACKWARD = {"backward": "forward", "backwards": "forwards", "bwd": "fwd", "bw": "fw"}
 
 Unit = tuple[int, bool]  # (layer, reverse)
 
@@ -290,7 +299,42 @@ def _stacks(
                 merged[(k, reverse)] = roles
         kind = "cells" if layout == "cells" else "layers"
         stacks.append(_make(template, kind, merged, shapes, gates, [m for m, _ in members.values()]))
-    return [s for s in stacks if s is not None and _complete(s)]
+    return _merge_directions([s for s in stacks if s is not None and _complete(s)])
+
+
+def _merge_directions(stacks: list[_Stack]) -> list[_Stack]:
+    """Two one-direction stacks named as a pair (``fwd_cells``, ``bwd_cells``) are one bidirectional stack."""
+    groups: dict[tuple[object, ...], tuple[list[_Stack], list[_Stack]]] = defaultdict(lambda: ([], []))
+    for s in stacks:
+        found = _direction(s) if s.layout != "multi" and (0, True) not in s.units else None
+        if found is not None:
+            name, backward = found
+            groups[(name, s.layout, s.gates)][backward].append(s)
+    merged: dict[int, _Stack] = {}
+    for forwards, backwards in groups.values():
+        if len(forwards) != 1 or len(backwards) != 1 or len(forwards[0].units) != len(backwards[0].units):
+            continue  # no pair, or several stacks of one direction: nothing tells which two belong together
+        fwd, bwd = forwards[0], backwards[0]
+        units = {**fwd.units, **{(k, True): roles for (k, _), roles in bwd.units.items()}}
+        both = _Stack(f"{fwd.path}+{bwd.path}", fwd.layout, units, {**fwd.shapes, **bwd.shapes}, fwd.gates)
+        merged[id(fwd)], merged[id(bwd)] = both, both
+    out: dict[int, _Stack] = {}
+    for s in stacks:
+        stack = merged.get(id(s), s)
+        out.setdefault(id(stack), stack)
+    return list(out.values())
+
+
+def _direction(s: _Stack) -> tuple[tuple[str, ...], bool] | None:
+    """The stack's path tokens with its one direction word blanked, and whether that word is backward."""
+    tokens = split_tokens(s.path)
+    hits = [i for i, t in enumerate(tokens) if t in _FORWARD or t in _BACKWARD]
+    if len(hits) != 1:
+        return None
+    i = hits[0]
+    word = tokens[i]
+    pair = word if word in _FORWARD else _BACKWARD[word]
+    return (*tokens[:i], f"<{pair}>", *tokens[i + 1 :]), word in _BACKWARD
 
 
 def _make(
