@@ -12,6 +12,7 @@
 3. **Commit.** Copy the staged tensors in place (``copy_`` under ``no_grad``),
    or, for tensors on the ``meta`` device (a factory-built target), assign
    them as new parameters. A tied parameter is filled once, through its canonical key.
+   Module extra state is set last (:mod:`weightsurgery.extra_state`).
 
 ``load_state_dict`` is never called: it costs about 150 µs per key and grows
 quadratically on wide models. Staged tensors never alias a memory-mapped file:
@@ -31,6 +32,7 @@ from torch import nn
 
 from weightsurgery._memory import aliases_target, check_overlaps, target_storages
 from weightsurgery.errors import PlanError
+from weightsurgery.extra_state import extra_state_plan, set_extra_states, stage_extra_states
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -170,7 +172,10 @@ def apply_plan(
         progress(total, total)
 
     check_overlaps(current, staged, plan)
+    source_extra = checkpoint.metadata.get("extra_state", {})
+    extra = stage_extra_states(extra_state_plan(plan, target, source_extra), source_extra) if target.extra_state else {}
     _commit(module, target, current, staged)
+    set_extra_states(module, extra)
     frozen: tuple[str, ...] = ()
     if freeze:
         frozen = _freeze(module, target, [e.target for e in copies])

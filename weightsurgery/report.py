@@ -119,6 +119,10 @@ class Report:
         frozen: parameter keys set to ``requires_grad=False``.
         warnings: notes worth a user's attention (low coverage...).
         model: the target module (built by the transfer when ``dst`` was a factory).
+        extra_state: target ``<module>._extra_state`` -> the source extra-state key it
+            took, or ``None`` (missing: the module keeps its own), as torch's
+            ``get_extra_state``/``set_extra_state`` protocol names them.
+        unused_extra_state: source extra-state keys no target module took.
 
     Example:
         >>> import torch
@@ -144,6 +148,8 @@ class Report:
         frozen: Sequence[str] = (),
         warnings: Sequence[str] = (),
         model: Any = None,
+        extra_state: Mapping[str, str | None] | None = None,
+        unused_extra_state: Sequence[str] = (),
     ) -> None:
         self.records: dict[str, KeyRecord] = dict(records)
         self.origin = origin
@@ -153,6 +159,8 @@ class Report:
         self.frozen: tuple[str, ...] = tuple(frozen)
         self.warnings: tuple[str, ...] = tuple(warnings)
         self.model = model
+        self.extra_state: dict[str, str | None] = dict(extra_state or {})
+        self.unused_extra_state: tuple[str, ...] = tuple(unused_extra_state)
 
     # --- the public contract -------------------------------------------------------------------
 
@@ -178,12 +186,13 @@ class Report:
     def missing_keys(self) -> list[str]:
         """torch's meaning: target keys the source did not fill (tied aliases of a loaded key are not missing)."""
         init = set(self.initialized)
-        return [k for k, r in self.records.items() if k in init or (r.status == "tied" and r.alias_of in init)]
+        missing = [k for k, r in self.records.items() if k in init or (r.status == "tied" and r.alias_of in init)]
+        return missing + [k for k, source in self.extra_state.items() if source is None]
 
     @property
     def unexpected_keys(self) -> list[str]:
-        """torch's meaning: source keys that went unused."""
-        return list(self.unused)
+        """torch's meaning: source keys that went unused (extra state included)."""
+        return [*self.unused, *self.unused_extra_state]
 
     def __iter__(self) -> Iterator[list[str]]:
         """Unpack like torch's ``_IncompatibleKeys``: ``missing, unexpected = report``."""
@@ -240,6 +249,7 @@ class Report:
             "missing_keys": self.missing_keys,
             "unexpected_keys": self.unexpected_keys,
             "frozen": list(self.frozen),
+            "extra_state": dict(self.extra_state),
             "warnings": list(self.warnings),
             "records": [r.to_dict() for r in self.records.values()],
         }
@@ -270,6 +280,9 @@ class Report:
         tied = [r for r in self.records.values() if r.status == "tied"]
         if tied:
             out.append((f"tied ({len(tied)})", rows(tied, lambda r: "alias", lambda r: f"of {r.alias_of}")))
+        if self.extra_state:
+            extra = [(k, f"from {s}" if s else "missing: kept its own") for k, s in self.extra_state.items()]
+            out.append((f"extra state ({len(extra)})", [("", note, [k]) for k, note in extra]))
         if self.unused:
             out.append((f"unused source keys ({len(self.unused)})", [("", "", group_keys(self.unused))]))
         return out

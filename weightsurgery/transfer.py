@@ -15,6 +15,7 @@ from torch import nn
 from weightsurgery._grouping import group_keys
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.errors import CoverageError, StrictTransferError
+from weightsurgery.extra_state import extra_state_plan
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan, plan_unused
 from weightsurgery.match.target import TargetSpec
@@ -290,8 +291,11 @@ def _report(
             alias_of=e.alias_of,
             loaded_numel=_partial(e, target, checkpoint),
         )
+    source_extra = checkpoint.metadata.get("extra_state", {})
+    extra = extra_state_plan(plan, target, source_extra)
     return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
-                  frozen=result.frozen, warnings=warnings, model=model)
+                  frozen=result.frozen, warnings=warnings, model=model, extra_state=extra,
+                  unused_extra_state=[k for k in source_extra if k not in set(extra.values())])
 
 
 def _loaded_numel(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int:

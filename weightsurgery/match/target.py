@@ -61,8 +61,8 @@ class TargetSpec:
             example a language-model head tied to the embedding): the same
             object, or the same view of the same bytes
             (:func:`weightsurgery.sources.shared.tensor_identity`).
-        extra_state: paths of modules that keep extra state
-            (``get_extra_state``/``set_extra_state``), saved by torch as ``<path>._extra_state``.
+        extra_state: paths of modules that take extra state (their class overrides
+            ``set_extra_state``); torch saves it as ``<path>._extra_state``.
     """
 
     tensors: Mapping[str, TargetTensor]
@@ -90,7 +90,7 @@ class TargetSpec:
         for mod_path, mod in module.named_modules(remove_duplicate=False):
             prefix = f"{mod_path}." if mod_path else ""
             _check_not_lazy(mod_path, mod)
-            if type(mod).get_extra_state is not nn.Module.get_extra_state and mod_path not in extra:
+            if type(mod).set_extra_state is not nn.Module.set_extra_state and mod_path not in extra:
                 extra.append(mod_path)
             non_persistent = getattr(mod, "_non_persistent_buffers_set", set())
             entries = [(n, t, False) for n, t in mod._parameters.items()]
