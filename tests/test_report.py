@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -44,3 +45,34 @@ def test_to_dict_is_json_and_records_every_key() -> None:
     }
     assert data["coverage"] == 1.0 and data["source"]["kind"] == "module"
     assert torch.equal(report.model.weight, src.weight.float())
+
+
+def test_report_is_immutable_and_survives_pickling() -> None:
+    import dataclasses
+    import pickle
+
+    report = transfer(nn.Linear(3, 2), nn.Linear(3, 2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.unused = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del report.plan
+    with pytest.raises(TypeError):
+        report.records["weight"] = report.records["bias"]  # type: ignore[index]
+    copy = pickle.loads(pickle.dumps(report))
+    assert copy.to_dict() == report.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.applied = False  # type: ignore[misc]
+
+
+@pytest.mark.filterwarnings("ignore:only .* of the target's parameters")
+def test_incorrect_shapes_lists_what_a_shape_mismatch_left_to_init_as_fvcore_does() -> None:
+    src = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 1000))
+    dst = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8, 10))
+    report = transfer(src, dst, seed=0)
+    assert report.incorrect_shapes == [
+        ("0.weight", (8, 1, 3, 3), (8, 3, 3, 3)), ("2.weight", (10, 8), (1000, 8)), ("2.bias", (10,), (1000,)),
+    ]
+    assert report.incorrect_shapes[0].target_shape == (8, 1, 3, 3)
+    adapted = transfer(src, dst, seed=0, on_mismatch="adapt", dry_run=True)
+    assert adapted.adapted == ["0.weight"]  # input channels adapted: no longer an incorrect shape
+    assert [k for k, _, _ in adapted.incorrect_shapes] == ["2.weight", "2.bias"]

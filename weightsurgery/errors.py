@@ -38,6 +38,10 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from weightsurgery.report import IncorrectShape
 
 __all__ = [
     "AdapterError",
@@ -181,7 +185,19 @@ class PlanError(WeightSurgeryError, ValueError):
 
 
 class ShapeMismatchError(PlanError):
-    """Raised under ``on_mismatch="error"`` when matched tensors differ in shape."""
+    """Raised under ``on_mismatch="error"`` when matched tensors differ in shape.
+
+    Attributes:
+        problems: one line per key, naming both keys and shapes.
+        incorrect_shapes: the same as :class:`~weightsurgery.report.IncorrectShape` tuples
+            ``(key, target_shape, source_shape)``, like ``Report.incorrect_shapes``.
+    """
+
+    def __init__(
+        self, message: str, *, problems: Sequence[str] = (), incorrect_shapes: Sequence[IncorrectShape] = ()
+    ) -> None:
+        super().__init__(message, problems=problems)
+        self.incorrect_shapes = tuple(incorrect_shapes)
 
 
 class SharedMemoryConflictError(PlanError):

@@ -1,4 +1,4 @@
-"""Recipes: a reusable, file-backed bundle of rename, adapt and init rules.
+"""Recipes: a reusable, file-backed bundle of rename, key-map, adapt and init rules.
 
 A recipe captures the surgery that makes one family of checkpoints fit one
 family of models, so it can be reviewed, versioned and re-run::
@@ -7,6 +7,8 @@ family of models, so it can be reviewed, versioned and re-run::
     description: timm ViT-Ti/16 at 224 -> 384, 10 classes
     rename:                      # regex -> replacement on source keys, in order (re.sub)
       '^module\\.': ''
+    key_map:                     # exact target key <- source key, before everything else
+      head.weight: fc.weight
     adapt:                       # AdaptRule, first match wins
       - pattern: pos_embed
         adapter: pos_embed
@@ -39,7 +41,7 @@ from weightsurgery.errors import AdapterError, InitSpecError, RecipeError, Sourc
 __all__ = ["RECIPE_FORMAT", "Recipe"]
 
 RECIPE_FORMAT = "weightsurgery.recipe/1"
-_FIELDS = ("format", "description", "rename", "adapt", "init")
+_FIELDS = ("format", "description", "rename", "key_map", "adapt", "init")
 _SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 Pairs = tuple[tuple[str, str], ...]
@@ -47,11 +49,13 @@ Pairs = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True)
 class Recipe:
-    """Rename rules, adapter rules and init rules, in order.
+    """Rename rules, an exact key map, adapter rules and init rules, in order.
 
     Attributes:
         rename: ``(regex, replacement)`` pairs applied in order to source keys
             with :func:`re.sub` (what ``transfer(rename=...)`` takes).
+        key_map: an exact ``{target_key: source_key}`` map (what
+            ``transfer(key_map=...)`` takes); the caller's entries win over it.
         adapt: :class:`~weightsurgery.adapt.AdaptRule` s; the first match wins
             (what ``transfer(adapt=...)`` takes).
         init: ``{pattern: spec}``, in order: a target-key glob or ``re:`` regex
@@ -73,9 +77,19 @@ class Recipe:
     adapt: tuple[AdaptRule, ...] = ()
     init: Mapping[str, str] = field(default_factory=dict, hash=False)
     description: str = ""
+    key_map: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rename", _pairs(self.rename, "rename", None))
+        if not isinstance(self.key_map, Mapping) or not all(
+            isinstance(t, str) and isinstance(s, str) for t, s in self.key_map.items()
+        ):
+            raise RecipeError(
+                "key_map must map target keys to source keys {target_key: source_key}, as strings; "
+                "regex rules [pattern, replacement] go in rename",
+                field="key_map",
+            )
+        object.__setattr__(self, "key_map", dict(self.key_map))
         init = _pairs(self.init, "init", None)
         duplicated = sorted({p for p, _ in init if sum(q == p for q, _ in init) > 1})
         if duplicated:
@@ -101,6 +115,8 @@ class Recipe:
         out["rename"] = (
             dict(self.rename) if len(dict(self.rename)) == len(self.rename) else [list(p) for p in self.rename]
         )
+        if self.key_map:
+            out["key_map"] = dict(self.key_map)
         out["adapt"] = [r.to_dict() for r in self.adapt]
         out["init"] = dict(self.init)
         return out
@@ -138,6 +154,7 @@ class Recipe:
         try:
             return cls(
                 rename=data.get("rename") or (),
+                key_map=data.get("key_map") or {},
                 adapt=data.get("adapt") or (),
                 init=data.get("init") or (),
                 description=description,

@@ -11,16 +11,32 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import FrozenInstanceError, dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from weightsurgery._grouping import group_keys
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.sources.checkpoint import Origin
 
-__all__ = ["KeyRecord", "Report", "Status", "entry_loaded_numel"]
+__all__ = ["IncorrectShape", "KeyRecord", "Report", "Status", "entry_loaded_numel"]
+
+#: Report attributes held as read-only mappings.
+_READ_ONLY = ("records", "extra_state")
 
 Status = Literal["loaded", "adapted", "initialized", "tied"]
+
+
+class IncorrectShape(NamedTuple):
+    """A target key that a name match paired with a source tensor of another shape.
+
+    The entries of ``Report.incorrect_shapes`` and ``ShapeMismatchError.incorrect_shapes``,
+    as fvcore's checkpointer reports them: ``(key, target_shape, source_shape)``.
+    """
+
+    key: str
+    target_shape: tuple[int, ...]
+    source_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,7 @@ class KeyRecord:
 
 
 class Report:
-    """The outcome of a transfer (or, with ``dry_run=True``, of its plan).
+    """The outcome of a transfer (or, with ``dry_run=True``, of its plan). Immutable once built.
 
     Attributes:
         records: target key -> :class:`KeyRecord`, in the target's module order.
@@ -118,11 +134,15 @@ class Report:
         unused: source keys that nothing used.
         frozen: parameter keys set to ``requires_grad=False``.
         warnings: notes worth a user's attention (low coverage...).
-        model: the target module (built by the transfer when ``dst`` was a factory).
+        model: the target module (built by the transfer when ``dst`` was a factory);
+            the report holds a reference to it, and only the module itself changes.
         extra_state: target ``<module>._extra_state`` -> the source extra-state key it
             took, or ``None`` (missing: the module keeps its own), as torch's
             ``get_extra_state``/``set_extra_state`` protocol names them.
         unused_extra_state: source extra-state keys no target module took.
+
+    Assigning an attribute raises :class:`dataclasses.FrozenInstanceError`, and
+    ``records`` and ``extra_state`` are read-only mappings.
 
     Example:
         >>> import torch
@@ -151,7 +171,7 @@ class Report:
         extra_state: Mapping[str, str | None] | None = None,
         unused_extra_state: Sequence[str] = (),
     ) -> None:
-        self.records: dict[str, KeyRecord] = dict(records)
+        self.records: Mapping[str, KeyRecord] = MappingProxyType(dict(records))
         self.origin = origin
         self.plan = plan
         self.applied = applied
@@ -159,8 +179,23 @@ class Report:
         self.frozen: tuple[str, ...] = tuple(frozen)
         self.warnings: tuple[str, ...] = tuple(warnings)
         self.model = model
-        self.extra_state: dict[str, str | None] = dict(extra_state or {})
+        self.extra_state: Mapping[str, str | None] = MappingProxyType(dict(extra_state or {}))
         self.unused_extra_state: tuple[str, ...] = tuple(unused_extra_state)
+        self.__dict__["_sealed"] = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_sealed"):
+            raise FrozenInstanceError(f"cannot assign to {name!r}: a Report is immutable")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete {name!r}: a Report is immutable")
+
+    def __getstate__(self) -> dict[str, Any]:  # pickle and copy: a read-only view cannot be pickled itself
+        return {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({k: MappingProxyType(v) if k in _READ_ONLY else v for k, v in state.items()})
 
     # --- the public contract -------------------------------------------------------------------
 
@@ -188,6 +223,19 @@ class Report:
         init = set(self.initialized)
         missing = [k for k, r in self.records.items() if k in init or (r.status == "tied" and r.alias_of in init)]
         return missing + [k for k, source in self.extra_state.items() if source is None]
+
+    @property
+    def incorrect_shapes(self) -> list[IncorrectShape]:
+        """``(key, target_shape, source_shape)`` for each key a name match found in another shape and did not load.
+
+        As in fvcore's checkpointer. Keys that an adapter reshaped are ``adapted``, not listed here.
+        """
+        filled = ("loaded", "adapted", "tied")
+        return [
+            IncorrectShape(k, r.target_shape, r.source_shape)
+            for k, r in self.records.items()
+            if r.status not in filled and r.source_shape is not None and r.source_shape != r.target_shape
+        ]
 
     @property
     def unexpected_keys(self) -> list[str]:

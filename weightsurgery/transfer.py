@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
+import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -17,11 +19,15 @@ from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate
 from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.extra_state import extra_state_plan
 from weightsurgery.match.plan import Action, Plan
-from weightsurgery.match.planner import MismatchPolicy, PlanOptions, make_plan, plan_unused
+from weightsurgery.match.options import MatchingOptions, PlanOptions
+from weightsurgery.match.planner import make_plan, plan_unused
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.report import KeyRecord, Report, entry_loaded_numel
 from weightsurgery.sources.checkpoint import Checkpoint
 from weightsurgery.sources.resolve import resolve
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["LOW_COVERAGE", "transfer"]
 
@@ -36,27 +42,22 @@ def transfer(
     src: Any,
     dst: nn.Module | str | Callable[..., nn.Module],
     *,
+    options: PlanOptions | None = None,
     init: Any = None,
     seed: int | None = None,
-    rename: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
-    strategies: Sequence[str] | None = None,
-    exclude: Sequence[str] = (),
-    on_mismatch: MismatchPolicy = "init",
-    adapt: Sequence[Any] = (),
-    classes: Sequence[int | str] | None = None,
-    source_labels: Sequence[str] | None = None,
     recipe: Any = None,
     plan: Plan | str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     strict: bool = False,
     freeze: bool = False,
     min_coverage: float | None = None,
+    target_kwargs: Mapping[str, Any] | None = None,
     key: str | None = None,
     weights_only: bool = True,
     revision: str | None = None,
     quiet: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    target_kwargs: Mapping[str, Any] | None = None,
+    **matching: Unpack[MatchingOptions],
 ) -> Report:
     """Move the weights of ``src`` into ``dst`` and report what happened.
 
@@ -74,24 +75,17 @@ def transfer(
             ``"torchvision:NAME"``, ``"pkg.mod:callable"`` or a callable), built
             on the meta device so only the leftovers pay for init. The module is
             ``report.model``.
+        options: the matching options as one
+            :class:`~weightsurgery.match.options.PlanOptions`, to build once and
+            reuse; each of them is also a keyword of its own (below), and a
+            keyword given with ``options`` replaces that field.
         init: the fallback init: one spec (``"trunc_normal(std=0.02)"``, a spec
             object, a callable) or rules ``{pattern | module type: spec}``, first
             match wins. Default: each module's own initialization.
         seed: makes every initialized tensor reproducible, independent of the
             global RNG and of which other keys loaded.
-        rename: regex rules ``[(pattern, replacement)]`` applied in order to
-            source keys, or an exact ``{target_key: source_key}`` map.
-        strategies: restrict matching to these strategy names
-            (see ``weightsurgery.match.planner.STRATEGIES``).
-        exclude: target-key globs (or ``re:`` regexes) never loaded, e.g.
-            ``["fc.*"]`` for a fresh head of the same shape; they are initialized.
-        on_mismatch: a name match of different shape: ``"init"`` (default),
-            ``"adapt"`` (apply an adapter whose conditions clearly hold), ``"error"``.
-        adapt: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
-        classes: keep/reorder these classifier classes (indices or label names).
-        source_labels: the source's class names, if its metadata lacks them.
         recipe: a ``weightsurgery.Recipe`` or a path to one (JSON/YAML): rename,
-            adapt and init rules, applied before the arguments above.
+            key map, adapt and init rules, applied before those given here.
         plan: a saved :class:`~weightsurgery.match.plan.Plan` (or its JSON path)
             to re-apply without matching again.
         dry_run: plan and report only; the model is not touched.
@@ -100,38 +94,65 @@ def transfer(
         freeze: set ``requires_grad=False`` on loaded parameters.
         min_coverage: raise if less than this fraction (0..1) of the target's
             parameters would be loaded.
+        target_kwargs: keyword arguments for a factory ``dst`` (``num_classes=10``).
         key: the container to take from a nested checkpoint (``"model_ema"``).
         weights_only: refuse pickles that need code (default). ``False`` is an
             explicit opt-in for trusted files, and warns.
         revision: hub revision for ``hf-hub:`` sources.
         quiet: no download progress bars.
         progress: ``progress(done, total)`` as tensors are staged.
-        target_kwargs: keyword arguments for a factory ``dst`` (``num_classes=10``).
+        **matching: the fields of ``PlanOptions``, as keywords:
+
+            - ``rename``: regex rules on source keys, ``{pattern: replacement}`` or
+              ``[(pattern, replacement), ...]``, applied in order (``re.sub``), as
+              transformers' ``key_mapping``: ``rename={r"^backbone\\.": ""}``.
+            - ``key_map``: an exact ``{target_key: source_key}`` map, the direction
+              of ``report.mapping``: ``key_map={"fc.weight": "head.w"}``.
+            - ``exclude``: target-key globs (or ``re:`` regexes) never loaded, e.g.
+              ``"fc.*"`` for a fresh head of the same shape; they are initialized.
+            - ``strategies``: restrict matching to these strategy names
+              (see ``weightsurgery.match.planner.STRATEGIES``).
+            - ``on_mismatch``: a name match of different shape: ``"init"`` (default),
+              ``"adapt"`` (apply an adapter whose conditions clearly hold), ``"error"``.
+            - ``adapt``: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
+            - ``classes``: keep/reorder these classifier classes (indices or label names).
+            - ``source_labels``: the source's class names, if its metadata lacks them.
 
     Returns:
         A :class:`~weightsurgery.report.Report`.
 
     Raises:
         SourceError: the source cannot be resolved or read (subclasses say why).
-        PlanError: bad options or a plan that does not fit; nothing changed.
+        PlanError: bad options (a rename in the form of a key map, or the other
+            way round, names the parameter meant) or a plan that does not fit;
+            nothing changed.
         ShapeMismatchError: ``on_mismatch="error"`` and shapes differ.
         StrictTransferError: ``strict=True`` and keys were left over.
         CoverageError: coverage under ``min_coverage``.
+        TypeError: a keyword that ``transfer`` does not take (the message suggests the nearest).
 
     Example:
         >>> import torch
         >>> from torch import nn
+        >>> from weightsurgery import PlanOptions
         >>> pretrained = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1000))
         >>> ckpt = {"state_dict": {f"model.{k}": v for k, v in pretrained.state_dict().items()}}
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
         >>> report = transfer(ckpt, model, init="zeros", seed=0)
         >>> report.initialized
         ['2.weight', '2.bias']
+        >>> report.incorrect_shapes[0]
+        IncorrectShape(key='2.weight', target_shape=(10, 8), source_shape=(1000, 8))
         >>> torch.equal(model[0].weight, pretrained[0].weight)
         True
+        >>> opts = PlanOptions(rename={r"^model\\.": ""}, exclude="2.*")
+        >>> report = transfer(ckpt, model, options=opts, seed=0)
+        >>> report.records["0.weight"].strategy, report.initialized
+        ('rename', ['2.weight', '2.bias'])
     """
+    plan_options = _plan_options(options, matching)
     if recipe is not None:
-        rename, adapt, init = _merge_recipe(recipe, rename, adapt, init)
+        plan_options, init = _merge_recipe(recipe, plan_options, init)
     if min_coverage is not None and not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"min_coverage={min_coverage} must lie between 0 and 1")
     from weightsurgery.init import InitRules
@@ -141,10 +162,26 @@ def transfer(
     with contextlib.ExitStack() as cleanup:
         if checkpoint is not src:  # close what we opened; a caller's Checkpoint stays theirs
             cleanup.callback(checkpoint.close)
-        return _run(checkpoint, dst, target_kwargs, rules, seed, PlanOptions(
-            rename=rename, strategies=strategies, on_mismatch=on_mismatch, adapt=tuple(adapt or ()),
-            classes=classes, source_labels=source_labels, exclude=tuple(exclude),
-        ), plan=plan, dry_run=dry_run, strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress)
+        return _run(checkpoint, dst, target_kwargs, rules, seed, plan_options, plan=plan, dry_run=dry_run,
+                    strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress)
+
+
+def _plan_options(options: PlanOptions | None, matching: Mapping[str, Any]) -> PlanOptions:
+    """``options`` with the matching keywords laid over it; an unknown keyword is a ``TypeError`` with a hint."""
+    if options is not None and not isinstance(options, PlanOptions):
+        raise TypeError(
+            f"options= takes a PlanOptions, not {type(options).__name__}; e.g. options=PlanOptions(exclude='fc.*')"
+        )
+    names = [f.name for f in dataclasses.fields(PlanOptions)]
+    unknown = [k for k in matching if k not in names]
+    if unknown:
+        own = [p for p in inspect.signature(transfer).parameters if p not in ("src", "dst", "matching")]
+        hint = difflib.get_close_matches(unknown[0], [*names, *own], n=1)
+        raise TypeError(
+            f"transfer() got an unexpected keyword argument {unknown[0]!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; the matching options are {', '.join(names)}")
+        )
+    return dataclasses.replace(options or PlanOptions(), **matching)
 
 
 def _run(
@@ -191,14 +228,16 @@ def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> nn.Module:
     return build_target(dst, meta=True, **dict(kwargs or {}))
 
 
-def _merge_recipe(recipe: Any, rename: Any, adapt: Any, init: Any) -> tuple[Any, Any, Any]:
+def _merge_recipe(recipe: Any, options: PlanOptions, init: Any) -> tuple[PlanOptions, Any]:
     from weightsurgery.recipe import Recipe
 
     r = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
-    if isinstance(rename, Mapping):
-        raise TypeError("a recipe's rename rules cannot be combined with an exact rename map; pass one of them")
-    merged_rename = [*r.rename, *(rename or ())] or None
-    merged_adapt = [*r.adapt, *(adapt or ())]
+    merged = dataclasses.replace(
+        options,
+        rename=(*r.rename, *options.rename),
+        key_map={**r.key_map, **options.key_map},
+        adapt=(*r.adapt, *options.adapt),
+    )
     merged_init = init
     if r.init:
         if init is None:
@@ -207,7 +246,7 @@ def _merge_recipe(recipe: Any, rename: Any, adapt: Any, init: Any) -> tuple[Any,
             merged_init = {**r.init, **init}
         else:
             merged_init = {**r.init, "*": init}
-    return merged_rename, merged_adapt, merged_init
+    return merged, merged_init
 
 
 def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, required: float | None) -> list[str]:

@@ -45,10 +45,39 @@ def test_plan_strict_fails_with_the_flag_to_drop(nested_ckpt: Path, capsys):
     assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "--strict"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: strict=True")
-    assert "(on the command line: drop --strict, or map with --recipe)" in err
+    assert "(on the command line: drop --strict, or map with --rename, --key-map or --recipe)" in err
     assert "head.{weight,bias}" in err
 
 
 def test_bad_rule_is_a_cli_error(nested_ckpt: Path, capsys):
     assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--rule", "head.*"]) == 1
     assert capsys.readouterr().err.startswith("error: --rule 'head.*' is not PATTERN=SPEC")
+
+
+def test_rename_key_map_and_exclude_flags_reach_the_plan(nested_ckpt: Path, capsys):
+    code = main(["--json", "plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "5",
+                 "--rename", r"^model\.head\.", "head.", "--key-map", "body.bias", "model.body.bias",
+                 "--exclude", "norm.*"])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(capsys.readouterr().out)
+    records = {r["target"]: r for r in data["records"]}
+    assert (records["head.weight"]["strategy"], records["head.weight"]["source"]) == ("rename", "model.head.weight")
+    assert (records["body.bias"]["strategy"], records["body.bias"]["source"]) == ("explicit", "model.body.bias")
+    assert records["body.weight"]["strategy"] == "prefix"
+    norm = [k for k in records if k.startswith("norm.")]
+    assert data["initialized"] == norm and {records[k]["evidence"] for k in norm} == {"excluded by rule 'norm.*'"}
+
+
+def test_an_exact_map_passed_as_rename_points_at_key_map(nested_ckpt: Path, capsys):
+    code = main(["plan", str(nested_ckpt), "cli_models:tiny", "--rename", "body.bias", "model.body.bias"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "reads as an exact {target_key: source_key} map; pass it as key_map=" in err
+
+
+def test_a_key_map_target_given_twice_is_a_cli_error(nested_ckpt: Path, capsys):
+    code = main(["plan", str(nested_ckpt), "cli_models:tiny", "--key-map", "body.bias", "model.body.bias",
+                 "--key-map", "body.bias", "model.head.bias"])
+    assert code == 1
+    assert capsys.readouterr().err.startswith(
+        "error: --key-map body.bias is given twice (model.body.bias, model.head.bias); give it once")

@@ -75,7 +75,7 @@ def test_scoring_flags_a_swapped_pair_and_names_the_true_sources(harness: Module
     source = harness.cloned(harness.randomized(torchvision.models.resnet18()))
     swap = {"layer1.0.conv1.weight": "layer1.0.conv2.weight", "layer1.0.conv2.weight": "layer1.0.conv1.weight"}
     target = torchvision.models.resnet18()
-    report = transfer(source, target, rename=swap)
+    report = transfer(source, target, key_map=swap)
     case = harness.Case(source, target, truth=dict(source))
     pair = harness.Pair("swapped", "vision", "construction", lambda: case)
     score = harness.score(pair, case, report)

@@ -52,6 +52,11 @@ def test_on_mismatch_error_lists_every_key() -> None:
         make_plan(metas(src), TargetSpec.from_module(dst), PlanOptions(on_mismatch="error"))
     assert len(info.value.problems) == 4
     assert "0.weight (3, 2) vs source 0.weight (4, 2)" in str(info.value)
+    assert info.value.incorrect_shapes == (
+        ("0.weight", (3, 2), (4, 2)), ("0.bias", (3,), (4,)),
+        ("1.weight", (10, 3), (1000, 4)), ("1.bias", (10,), (1000,)),
+    )
+    assert info.value.incorrect_shapes[2].source_shape == (1000, 4)
 
 
 def test_bad_options_list_valid_values() -> None:
@@ -93,10 +98,11 @@ def test_tied_alias_is_not_loaded_twice_and_not_missing() -> None:
     assert plan.unused == ("lm_head.weight",)
 
 
-def test_rename_map_and_rules() -> None:
+def test_key_map_and_rename_rules() -> None:
     model = nn.Sequential(nn.Linear(2, 3))
     source = {"enc.w": TensorMeta((3, 2), torch.float32), "enc.b": TensorMeta((3,), torch.float32)}
-    plan = make_plan(source, TargetSpec.from_module(model), PlanOptions(rename={"0.weight": "enc.w", "0.bias": "enc.b"}))
+    options = PlanOptions(key_map={"0.weight": "enc.w", "0.bias": "enc.b"})
+    plan = make_plan(source, TargetSpec.from_module(model), options)
     assert plan.mapping == {"0.weight": "enc.w", "0.bias": "enc.b"}
     rules = [(r"^enc\.w$", "0.weight"), (r"^enc\.b$", "0.bias")]
     plan = make_plan(source, TargetSpec.from_module(model), PlanOptions(rename=rules))

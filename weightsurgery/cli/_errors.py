@@ -68,7 +68,8 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule((AmbiguousContainerError,), EXIT_USER, _ambiguous_hint),
     ErrorRule((UnknownContainerError,), EXIT_USER, _unknown_key_hint),
     ErrorRule((ShapeMismatchError,), EXIT_USER, lambda e: "on the command line: --on-mismatch init, or adapt"),
-    ErrorRule((StrictTransferError,), EXIT_USER, lambda e: "on the command line: drop --strict, or map with --recipe"),
+    ErrorRule((StrictTransferError,), EXIT_USER,
+              lambda e: "on the command line: drop --strict, or map with --rename, --key-map or --recipe"),
     ErrorRule((CoverageError,), EXIT_USER, lambda e: "on the command line: lower or drop --min-coverage"),
     ErrorRule((WeightSurgeryError,), EXIT_USER),
     ErrorRule((OSError,), EXIT_USER),  # missing files, permissions, a full disk: the message names the file

@@ -86,8 +86,17 @@ def add_transfer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rule", action="append", default=[], metavar="PATTERN=SPEC",
                        help="init rule for target keys matching PATTERN (glob), e.g. 'head.*=zeros'; "
                        "first match wins, --init is the catch-all; repeatable")
+    group.add_argument("--rename", nargs=2, action="append", default=[], metavar=("PATTERN", "REPLACEMENT"),
+                       help="regex rule on source keys (re.sub), applied in order, e.g. --rename '^backbone\\.' ''; "
+                       "repeatable")
+    group.add_argument("--key-map", nargs=2, action="append", default=[], metavar=("TARGET_KEY", "SOURCE_KEY"),
+                       help="fill TARGET_KEY exactly from SOURCE_KEY, before any matching, e.g. "
+                       "--key-map head.weight fc.weight; repeatable")
+    group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="never load target keys matching PATTERN (glob, or re:REGEX); they are initialized, "
+                       "e.g. --exclude 'fc.*'; repeatable")
     group.add_argument("--recipe", metavar="FILE", type=Path,
-                       help="a recipe (JSON/YAML) with rename, adapt and init rules")
+                       help="a recipe (JSON/YAML) with rename, key_map, adapt and init rules")
     group.add_argument("--mapping", metavar="FILE", type=Path,
                        help="re-apply a mapping saved with --save-mapping instead of matching again")
     group.add_argument("--save-mapping", metavar="FILE", type=Path, help="save the plan as JSON, to edit or re-apply")
@@ -104,7 +113,8 @@ def transfer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for :func:`weightsurgery.transfer` from the transfer and source flags.
 
     Raises:
-        CLIError: a ``--rule`` is not ``PATTERN=SPEC``, or ``--min-coverage`` is outside 0..1.
+        CLIError: a ``--rule`` is not ``PATTERN=SPEC``, a ``--key-map`` target is given twice, or
+            ``--min-coverage`` is outside 0..1.
     """
     init: Any = args.init
     if args.rule:
@@ -119,7 +129,15 @@ def transfer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         init = rules
     if args.min_coverage is not None and not 0.0 <= args.min_coverage <= 1.0:
         raise CLIError(f"--min-coverage {args.min_coverage} must lie between 0 and 1, e.g. --min-coverage 0.9")
+    key_map: dict[str, str] = {}
+    for target, source in args.key_map:
+        if key_map.get(target, source) != source:
+            raise CLIError(f"--key-map {target} is given twice ({key_map[target]}, {source}); give it once")
+        key_map[target] = source
     return {
+        "rename": [tuple(pair) for pair in args.rename],
+        "key_map": key_map,
+        "exclude": list(args.exclude),
         "init": init,
         "seed": args.seed,
         "recipe": args.recipe,

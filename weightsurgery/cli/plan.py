@@ -20,6 +20,7 @@ examples:
   weightsurgery plan vit.safetensors timm:vit_small_patch16_224 --in-chans 1 --on-mismatch adapt
   weightsurgery plan ckpt.pth mypkg.models:build_net --kw width=64 --save-mapping mapping.json
   weightsurgery plan ckpt.pth timm:resnet18 --json | jq '.initialized'
+  weightsurgery plan det.pth timm:resnet50 --rename '^backbone\\.body\\.' '' --exclude 'fc.*'
 
 TARGET is a model factory: timm:NAME, torchvision:NAME or package.module:callable.
 The model is built on the meta device; nothing is read or initialized.

@@ -43,7 +43,7 @@ def compile_rename(rules: Sequence[tuple[str, str]] | None) -> list[RenameRule]:
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and all(isinstance(x, str) for x in rule)):
             raise PlanError(
                 f"rename rule #{i} is {rule!r}; each rule is a (regex, replacement) pair of strings, "
-                "and a dict {target_key: source_key} maps keys exactly"
+                "and an exact {target_key: source_key} map goes to key_map="
             )
         try:
             compiled.append((re.compile(rule[0]), rule[1]))

@@ -2,8 +2,8 @@
 
 Strategies run in this order, each on the keys still open:
 
-1. ``explicit``  the user's ``{target_key: source_key}`` map
-2. ``rename``    the user's regex rules, then an exact match
+1. ``explicit``  the user's exact ``key_map={target_key: source_key}``
+2. ``rename``    the user's regex rules ``rename={pattern: replacement}``, then an exact match
 3. ``exact``     same name
 4. ``prefix``    a wrapper prefix stripped or added, per subtree
 5. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
@@ -23,13 +23,13 @@ import importlib
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from weightsurgery.errors import PlanError, ShapeMismatchError
 from weightsurgery.match.base import Match, MatchContext, Strategy
 from weightsurgery.match.layout import MismatchPolicy, transposed_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
+from weightsurgery.match.options import PlanOptions, check_key_forms
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
@@ -60,49 +60,19 @@ _OPTIONAL: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class PlanOptions:
-    """Everything the planner takes besides the two sides.
-
-    Attributes:
-        rename: regex rules ``[(pattern, replacement), ...]`` applied in order to
-            source keys, or an exact ``{target_key: source_key}`` map.
-        strategies: the strategy names to run (default: all), in the fixed order.
-        on_mismatch: what a name match of different shape does: ``"init"``,
-            ``"adapt"`` (run an adapter whose conditions hold, else init), ``"error"``.
-        adapt: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
-        classes: a class subset/reorder for the classifier head (indices or label names).
-        source_labels: the source's class names, when its metadata lacks them.
-        exclude: target-key patterns (globs, or regexes prefixed ``re:``) that are
-            never loaded: they go to the fallback init, with the rule as the reason.
-    """
-
-    rename: Sequence[tuple[str, str]] | Mapping[str, str] | None = None
-    strategies: Sequence[str] | None = None
-    on_mismatch: MismatchPolicy = "init"
-    adapt: Sequence[Any] = ()
-    classes: Sequence[int | str] | None = None
-    source_labels: Sequence[str] | None = None
-    exclude: Sequence[str] = ()
-    extra_strategies: Sequence[Strategy] = field(default_factory=tuple)
-
-
 def _strategy_list(options: PlanOptions) -> list[tuple[str, Strategy]]:
     names = list(options.strategies) if options.strategies is not None else list(STRATEGIES)
     unknown = [n for n in names if n not in STRATEGIES]
     if unknown:
         raise PlanError(f"unknown strategies {unknown}; valid strategies are: {', '.join(STRATEGIES)}")
-    if options.on_mismatch not in ("init", "adapt", "error"):
-        raise PlanError(f"on_mismatch={options.on_mismatch!r}; valid values are 'init', 'adapt', 'error'")
     out: list[tuple[str, Strategy]] = []
-    rename = options.rename
     for name in STRATEGIES:
         if name not in names:
             continue
-        if name == "explicit" and isinstance(rename, Mapping) and rename:
-            out.append((name, explicit_strategy(rename)))
-        elif name == "rename" and rename and not isinstance(rename, Mapping):
-            out.append((name, rename_strategy(compile_rename(rename))))
+        if name == "explicit" and options.key_map:
+            out.append((name, explicit_strategy(options.key_map)))
+        elif name == "rename" and options.rename:
+            out.append((name, rename_strategy(compile_rename(options.rename))))
         elif name == "exact":
             out.append((name, match_exact))
         elif name == "prefix":
@@ -130,7 +100,7 @@ def make_plan(
     Args:
         source: source key -> shape/dtype (a ``Checkpoint.metas``).
         target: the target description.
-        options: strategies, rename rules, mismatch policy, adapters.
+        options: strategies, rename rules, key map, mismatch policy, adapters.
         source_metadata: the checkpoint's metadata (label names, classifier...).
         source_name: a description of the source, kept on the plan.
 
@@ -138,7 +108,8 @@ def make_plan(
         A :class:`Plan` with one entry per target key, aliases included.
 
     Raises:
-        PlanError: bad options, or an explicit map naming keys that do not exist.
+        PlanError: bad options, a rename or key map in the other's form, or a
+            key map naming keys that do not exist.
         ShapeMismatchError: ``on_mismatch="error"`` and a name match differs in shape;
             every such key is listed.
 
@@ -153,6 +124,7 @@ def make_plan(
         {'0.weight': 'module.0.weight', '0.bias': 'module.0.bias'}
     """
     options = options or PlanOptions()
+    check_key_forms(options, source, target.tensors)
     metadata = dict(source_metadata or {})
     ctx = MatchContext(
         source=source,
@@ -163,7 +135,7 @@ def make_plan(
     )
     decided: dict[str, PlanEntry] = {}
     reasons: dict[str, str] = {}
-    mismatches: list[str] = []
+    mismatches: list[PlanEntry] = []
     decide = _Decider(source, target, options, metadata)
     for key, pattern in _excluded(target, options.exclude).items():
         decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
@@ -183,7 +155,7 @@ def make_plan(
                 continue
             entry = decide(m)
             if entry.action is Action.INIT and entry.source_shape is not None and options.on_mismatch == "error":
-                mismatches.append(entry.evidence)
+                mismatches.append(entry)
             decided[m.target] = entry
             open_t.discard(m.target)
             open_s.difference_update(srcs)
@@ -198,10 +170,16 @@ def make_plan(
 
     decided.update(transposed_layout(decided, target, options.on_mismatch))
     if mismatches:
+        from weightsurgery.report import IncorrectShape
+
         raise ShapeMismatchError(
             "shapes differ for matched keys (on_mismatch='error'); pass on_mismatch='init' to initialize them "
-            "or on_mismatch='adapt' to reshape where an adapter applies:\n  " + "\n  ".join(mismatches),
-            problems=mismatches,
+            "or on_mismatch='adapt' to reshape where an adapter applies:\n  "
+            + "\n  ".join(e.evidence for e in mismatches),
+            problems=[e.evidence for e in mismatches],
+            incorrect_shapes=[
+                IncorrectShape(e.target, target.tensors[e.target].shape, e.source_shape or ()) for e in mismatches
+            ],
         )
 
     entries: dict[str, PlanEntry] = {}
