@@ -196,7 +196,7 @@ def test_two_parameters_over_the_same_view_are_tied() -> None:
 def test_swapping_two_weights_of_the_model_with_itself() -> None:
     model = fill(nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)))
     first, second = model[0].weight.detach().clone(), model[1].weight.detach().clone()
-    report = transfer(model, model, rename={"0.weight": "1.weight", "1.weight": "0.weight"}, strict=True)
+    report = transfer(model, model, key_map={"0.weight": "1.weight", "1.weight": "0.weight"}, strict=True)
     assert report.mapping == {"0.weight": "1.weight", "1.weight": "0.weight"}
     assert torch.equal(model[0].weight, second) and torch.equal(model[1].weight, first)
 
@@ -206,7 +206,7 @@ def test_shifting_a_state_dict_view_of_the_target() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = model.state_dict()  # views of the model's own tensors
     explicit = {f"{(i + 1) % 3}.{n}": f"{i}.{n}" for i in range(3) for n in ("weight", "bias")}
-    report = transfer(state, model, rename=explicit)
+    report = transfer(state, model, key_map=explicit)
     assert report.mapping == explicit
     for tgt, src in explicit.items():
         assert torch.equal(model.state_dict()[tgt], before[src]), tgt

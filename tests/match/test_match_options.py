@@ -108,6 +108,14 @@ def test_a_swap_is_a_key_map_and_a_live_rule_in_the_same_shape_is_not_refused() 
     assert plan.mapping == {"1.weight": "0.weight"}
 
 
+def test_a_swap_written_as_rename_rules_is_refused_since_the_rules_chain_back() -> None:
+    """Rules chain: 0.weight -> 1.weight -> 0.weight is no rename at all; the swap belongs in key_map."""
+    spec = TargetSpec.from_module(nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)))
+    source = metas(**{"0__weight": (2, 2), "1__weight": (2, 2)})
+    with pytest.raises(PlanError, match=r"rename=\{'0.weight': '1.weight'\} renames no source key .* key_map="):
+        make_plan(source, spec, PlanOptions(rename={"0.weight": "1.weight", "1.weight": "0.weight"}))
+
+
 def test_a_rule_that_only_touches_a_substring_is_still_refused() -> None:
     """'body.bias' matches inside 'model.body.bias', but renames it to no target key: an exact map, misplaced."""
     spec = TargetSpec.from_module(nn.ModuleDict({"body": nn.Linear(2, 3)}))

@@ -212,17 +212,21 @@ def check_key_forms(options: PlanOptions, source: Iterable[str], target: Iterabl
 def _live_rules(
     rules: Sequence[tuple[str, str]], source: Iterable[str], target: set[str]
 ) -> set[tuple[str, str]]:
-    """The rules that rewrite some source key, in order as the rename strategy does, into a target key."""
+    """The rules that rewrite some source key, chained as the rename strategy does, into another, target key.
+
+    A chain that comes back to the key it started from renames nothing: ``{a: b, b: a}``
+    turns ``a`` into ``b`` and back, so its first rule is not live.
+    """
     compiled = [(re.compile(p), r, (p, r)) for p, r in rules]
     live: set[tuple[str, str]] = set()
-    for key in source:
-        fired = []
+    for original in source:
+        key, fired = original, []
         for pattern, repl, rule in compiled:
             new = pattern.sub(repl, key)
             if new != key:
                 fired.append(rule)
                 key = new
-        if key in target:
+        if key != original and key in target:
             live.update(fired)
     return live
 
