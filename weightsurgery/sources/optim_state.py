@@ -107,7 +107,7 @@ def is_optimizer_key(key: str) -> bool:
         ...                                 "optim.param_groups.0.lr", "encoder.state.0.weight", "fc.weight")]
         [True, True, True, False, False]
     """
-    if key.partition(".")[0].lower() in OPTIMIZER_KEYS:
+    if key[:3].lower() == "opt" and key.partition(".")[0].lower() in OPTIMIZER_KEYS:  # every name starts so
         return True
     if "state." not in key and "param_groups." not in key:
         return False
