@@ -147,7 +147,7 @@ def test_min_coverage_and_the_low_coverage_warning() -> None:
         transfer(src, target, min_coverage=0.5)
     assert info.value.required == 0.5 and info.value.coverage < 0.01
     assert_unchanged(target, before)
-    with pytest.warns(UserWarning, match=r"\(2 of 6 tensors\) load from .*source and target look unrelated"):
+    with pytest.warns(UserWarning, match=r"only 0\.4% of the target's parameters \(2 of 6 tensors\) load from .*the rest is initialized"):
         report = transfer(src, target, seed=0)
     assert report.warnings and report.coverage < 0.01
     with pytest.raises(ValueError, match="min_coverage=2 must lie between 0 and 1"):
@@ -304,3 +304,31 @@ def test_transfer_closes_the_files_it_opened_but_not_a_callers_checkpoint(tmp_pa
     transfer(ckpt, nn.Linear(2, 3))
     assert ckpt.load("weight").shape == (3, 2)  # still open: the caller owns it
     ckpt.close()
+
+
+def test_low_coverage_warns_when_either_fraction_is_low_and_points_at_the_callers_line() -> None:
+    # most tensors load (4 of 6) but only about a quarter of the parameters: a big new head
+    src = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16))
+    target = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 80))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = transfer(src, target, seed=0)
+    assert 0.2 < report.coverage < 0.25 and len(report.mapping) == 4  # 23 % of the parameters, 67 % of the tensors
+    [w] = caught
+    assert "load from" in str(w.message) and "(4 of 6 tensors)" in str(w.message)
+    assert w.filename == __file__
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [({}, "holds no tensors"), ({"other.weight": torch.ones(5, 5)}, "has no tensor that matches the target")],
+)
+def test_a_source_that_fills_nothing_warns_at_the_callers_line(source, says) -> None:
+    target = nn.Sequential(nn.Linear(2, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = transfer(source, target, seed=0)
+    assert report.initialized == ["0.weight", "0.bias"]
+    [w] = caught
+    assert f"nothing loaded: state-dict <mapping> {says}; all 2 target tensors are initialized" == str(w.message)
+    assert w.filename == __file__ and report.warnings == (str(w.message),)

@@ -8,19 +8,20 @@ import difflib
 import inspect
 import logging
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from weightsurgery._grouping import group_keys
+from weightsurgery._warn import warn_user
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.extra_state import extra_state_plan
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.options import MatchingOptions, PlanOptions
 from weightsurgery.match.planner import make_plan, plan_unused
+from weightsurgery.match.related import unrelated_reason
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.report import KeyRecord, Report, entry_loaded_numel
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -33,8 +34,8 @@ __all__ = ["LOW_COVERAGE", "transfer"]
 
 logger = logging.getLogger("weightsurgery")
 
-#: Below this loaded fraction of target parameters *and* of target tensors, source and target
-#: are probably unrelated (a big new head alone lowers only the first).
+#: Below this loaded fraction of target parameters *or* of target tensors, the transfer warns
+#: (a big new head lowers only the first, many small new modules only the second: both are worth saying).
 LOW_COVERAGE = 0.5
 
 
@@ -264,14 +265,26 @@ def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, requ
             coverage=coverage,
             required=required,
         )
-    if len(checkpoint) and max(coverage, tensor_coverage) < LOW_COVERAGE:
+    refused = unrelated_reason(plan.entries.values())
+    origin = checkpoint.origin.describe()
+    if refused is not None:
+        note = (
+            f"nothing loaded from {origin}: {refused}; every name match was refused (the reason is on each key). "
+            "Pass strategies=[...] (for example strategies=['exact']) to load the name matches anyway"
+        )
+    elif not filled and target.tensors:
+        held = "holds no tensors" if not len(checkpoint) else "has no tensor that matches the target"
+        note = f"nothing loaded: {origin} {held}; all {len(target.tensors)} target tensors are initialized"
+    elif min(coverage, tensor_coverage) < LOW_COVERAGE:
         note = (
             f"only {coverage:.1%} of the target's parameters ({len(filled)} of {len(target.tensors)} tensors) "
-            f"load from {checkpoint.origin.describe()}: "
-            "source and target look unrelated; only certain matches were loaded"
+            f"load from {origin}; the rest is initialized. If source and target are meant to be the same "
+            "architecture, read the reasons in the report, or add rename rules"
         )
-        warnings.warn(note, UserWarning, stacklevel=3)
-        notes.append(note)
+    else:
+        return notes
+    warn_user(note)
+    notes.append(note)
     return notes
 
 

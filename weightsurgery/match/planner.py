@@ -31,6 +31,7 @@ from weightsurgery.match.layout import MismatchPolicy, transposed_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
 from weightsurgery.match.options import PlanOptions, check_key_forms
 from weightsurgery.match.plan import Action, Plan, PlanEntry
+from weightsurgery.match.related import veto_unrelated
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
 from weightsurgery.sources.shared import unused_sources
@@ -137,7 +138,8 @@ def make_plan(
     reasons: dict[str, str] = {}
     mismatches: list[PlanEntry] = []
     decide = _Decider(source, target, options, metadata)
-    for key, pattern in _excluded(target, options.exclude).items():
+    excluded = _excluded(target, options.exclude)
+    for key, pattern in excluded.items():
         decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
     decided.update(decide.ruled(t for t in ctx.open_targets if t not in decided))
     ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
@@ -169,6 +171,7 @@ def make_plan(
         ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
     decided.update(transposed_layout(decided, target, options.on_mismatch))
+    decided.update(veto_unrelated(decided, source, target, exclude=excluded, opted_in=options.strategies is not None))
     if mismatches:
         from weightsurgery.report import IncorrectShape
 
