@@ -60,8 +60,6 @@ FLOORS = {
     "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)": 0,
 }
 KNOWN = {
-    "TRAP deep-sort MobileNetV2 -> tv.efficientnet_b0":
-        "unrelated pair: features.0.0/features.0.1 (same name, same shape) load by exact name",
     "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)":
         "unrelated heads: lin0.model.1.weight (1,64,1,1), same name and shape, loads by exact name",
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)":

@@ -17,13 +17,21 @@ little evidence: a width of 64 or 256 recurs in every network. Over the plan:
   different shape (the same naming scheme, a different network);
 - ``smaller``: the weight tensors of the smaller side.
 
-Source and target are **related** when ``loaded >= RELATED_FRACTION * smaller``
-and ``contradicted <= loaded``. A same-architecture transfer with a new head, a
-sliced backbone (target smaller), a truncated source (source smaller), a tiny
-net with a big new head or a wrapped checkpoint (Lightning, DDP) all load most
-weight tensors of their smaller side. Coincidences load a few of them, or are
-outnumbered by shape contradictions: measured on torchvision and timm
-families, related pairs score at least 0.8 and unrelated ones at most 0.45.
+- ``shape overlap``: the fraction of the smaller side's weight shapes (as a
+  multiset) that the other side also holds.
+
+Source and target are **related** when ``contradicted <= loaded`` and either
+``loaded >= RELATED_FRACTION * smaller`` or the shape overlap is at least
+``SAME_SHAPES``. A same-architecture transfer with a new head, a sliced
+backbone (target smaller), a truncated source (source smaller), a tiny net with
+a big new head or a wrapped checkpoint (Lightning, DDP) all load most weight
+tensors of their smaller side. The same architecture under other names (an old
+torchvision naming, a port) may match few tensors by name, but holds the same
+weight shapes. Coincidences load a few weight tensors of a network whose shapes
+differ, or are outnumbered by shape contradictions. Measured on torchvision and
+timm families: related pairs load at least 0.8 of the smaller side or overlap
+fully in shape; unrelated ones load at most 0.45 and overlap at most 0.67 (ResNet-18
+against ResNet-50, which has more contradictions than fits).
 
 When the pair is unrelated, every entry the matching strategies chose falls back
 to init with the reason; what the user named (an explicit map, rename rules,
@@ -33,6 +41,7 @@ decision: the named strategies load what they match.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +51,7 @@ from weightsurgery.sources.checkpoint import TensorMeta
 
 __all__ = [
     "RELATED_FRACTION",
+    "SAME_SHAPES",
     "STRATEGY",
     "USER_STRATEGIES",
     "Relatedness",
@@ -52,6 +62,9 @@ __all__ = [
 
 #: The fraction of the smaller side's weight tensors that a related pair loads.
 RELATED_FRACTION = 0.5
+
+#: A shape overlap this high means the same architecture, whatever the names.
+SAME_SHAPES = 0.9
 
 #: The ``strategy`` of an entry that this decision refused.
 STRATEGY = "related"
@@ -72,6 +85,7 @@ class Relatedness:
         target_weights: weight tensors in the target (excluded keys left out).
         source_weights: weight tensors in the source.
         related: the decision.
+        shape_overlap: the fraction of the smaller side's weight shapes that the other side holds.
     """
 
     loaded: int
@@ -79,6 +93,7 @@ class Relatedness:
     target_weights: int
     source_weights: int
     related: bool
+    shape_overlap: float = 0.0
 
     @property
     def smaller(self) -> int:
@@ -88,12 +103,15 @@ class Relatedness:
         """The evidence in words, for the report.
 
         Example:
-            >>> Relatedness(2, 0, 82, 53, False).describe()
-            'source and target look unrelated: only 2 of the 53 weight tensors of the smaller side match by name and shape'
+            >>> Relatedness(2, 0, 82, 53, False, 0.23).describe()
+            'source and target look unrelated: only 2 of the 53 weight tensors of the smaller side match by name and shape, and 23% of their shapes recur on the other side'
         """
         if self.related:
             return f"{self.loaded} of the {self.smaller} weight tensors of the smaller side match"
-        why = f"only {self.loaded} of the {self.smaller} weight tensors of the smaller side match by name and shape"
+        why = (
+            f"only {self.loaded} of the {self.smaller} weight tensors of the smaller side match by name and shape, "
+            f"and {self.shape_overlap:.0%} of their shapes recur on the other side"
+        )
         if self.contradicted > self.loaded:
             why = f"{self.contradicted} weight tensors match by name but differ in shape, against {self.loaded} that fit"
         return f"source and target look unrelated: {why}"
@@ -126,9 +144,11 @@ def relatedness(
     """
     keys = [k for k in target.tensors if k not in exclude]
     weights = {k for k in keys if len(target.tensors[k].shape) >= 2}
-    source_weights = sum(len(m.shape) >= 2 for m in source.values())
-    if not weights or not source_weights:  # no weight tensors on a side: every tensor is evidence
-        weights, source_weights = set(keys), len(source)
+    source_shapes = Counter(m.shape for m in source.values() if len(m.shape) >= 2)
+    if not weights or not source_shapes:  # no weight tensors on a side: every tensor is evidence
+        weights, source_shapes = set(keys), Counter(m.shape for m in source.values())
+    source_weights = sum(source_shapes.values())
+    common = Counter(target.tensors[k].shape for k in weights) & source_shapes
     loaded = contradicted = 0
     for key in weights:
         e = entries.get(key)
@@ -142,8 +162,11 @@ def relatedness(
             else:
                 contradicted += 1
     smaller = min(len(weights), source_weights)
-    related = smaller == 0 or (loaded >= RELATED_FRACTION * smaller and contradicted <= loaded)
-    return Relatedness(loaded, contradicted, len(weights), source_weights, related)
+    overlap = sum(common.values()) / smaller if smaller else 1.0
+    related = smaller == 0 or (
+        contradicted <= loaded and (loaded >= RELATED_FRACTION * smaller or overlap >= SAME_SHAPES)
+    )
+    return Relatedness(loaded, contradicted, len(weights), source_weights, related, overlap)
 
 
 def veto_unrelated(
