@@ -6,10 +6,11 @@ Strategies run in this order, each on the keys still open:
 2. ``rename``    the user's regex rules ``rename={pattern: replacement}``, then an exact match
 3. ``exact``     same name
 4. ``prefix``    a wrapper prefix stripped or added, per subtree
-5. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
-6. ``recurrent`` a multi-layer ``LSTM``/``GRU``/``RNN`` to and from one module or cell per layer
-7. ``suffix``    the longest common suffix of whole components
-8. ``structure`` module-tree alignment, for checkpoints from another library
+5. ``wrappers``  wrapper components at any depth (``_orig_mod``, ``_checkpoint_wrapped_module``, PEFT's ``base_layer``)
+6. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
+7. ``recurrent`` a multi-layer ``LSTM``/``GRU``/``RNN`` to and from one module or cell per layer
+8. ``suffix``    the longest common suffix of whole components
+9. ``structure`` module-tree alignment, for checkpoints from another library
 
 The planner then decides each target key: a same-shaped match loads; a shape
 mismatch follows ``on_mismatch``; an unmatched key is initialized, with the
@@ -47,6 +48,7 @@ STRATEGIES: tuple[str, ...] = (
     "rename",
     "exact",
     "prefix",
+    "wrappers",
     "fused",
     "recurrent",
     "suffix",
@@ -54,6 +56,7 @@ STRATEGIES: tuple[str, ...] = (
 )
 
 _OPTIONAL: dict[str, tuple[str, str]] = {
+    "wrappers": ("weightsurgery.match.wrappers", "match_wrappers"),
     "fused": ("weightsurgery.match.fused", "match_fused"),
     "recurrent": ("weightsurgery.match.recurrent", "match_recurrent"),
     "suffix": ("weightsurgery.match.suffix", "match_suffix"),
