@@ -60,8 +60,6 @@ FLOORS = {
     "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)": 0,
 }
 KNOWN = {
-    "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)":
-        "unrelated heads: lin0.model.1.weight (1,64,1,1), same name and shape, loads by exact name",
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)":
         "lora_B (no source) is re-initialized away from PEFT's zeros, so the adapted model changes its function",
 }

@@ -78,7 +78,7 @@ def test_timm_networks_that_share_a_naming_scheme_but_not_weights(source_name, t
 def test_user_rules_stay_when_the_rest_is_unrelated() -> None:
     source = torchvision.models.mobilenet_v2().state_dict()
     target = torchvision.models.mnasnet1_0()
-    report, _ = quiet_transfer(source, target, rename={"layers.0.weight": "features.0.0.weight"})
+    report, _ = quiet_transfer(source, target, key_map={"layers.0.weight": "features.0.0.weight"})
     assert report.mapping == {"layers.0.weight": "features.0.0.weight"}
     assert report.records["classifier.1.weight"].strategy == STRATEGY
 
