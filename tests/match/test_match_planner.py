@@ -144,3 +144,86 @@ def test_a_key_whose_counterpart_is_known_absent_stays_unloaded_through_every_st
         assert plan.entries[key].action is Action.INIT, plan.entries[key]
         assert plan.entries[key].evidence.startswith("counterpart absent")
     assert set(plan.unused) == {"cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias"}
+
+
+def test_an_explicit_map_naming_one_source_for_two_targets_copies_it_into_both(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from weightsurgery import transfer
+
+    shared = {"shared.weight": torch.randn(3, 2), "shared.bias": torch.randn(3)}
+    key_map = {f"{m}.{leaf}": f"shared.{leaf}" for m in ("a", "b") for leaf in ("weight", "bias")}
+    plan = make_plan(metas_of(shared), TargetSpec.from_module(Pair()), PlanOptions(rename=key_map))
+    assert plan.mapping == key_map
+    assert plan.unused == ()
+    assert plan.entries["a.weight"].evidence == "user key map; shared.weight is also copied to b.weight"
+
+    save_file(shared, tmp_path / "shared.safetensors")
+    for source in (shared, tmp_path / "shared.safetensors"):
+        for dst in (Pair(), Pair):  # a built model, and a factory built on meta
+            report = transfer(source, dst, rename=key_map)
+            model = report.model
+            assert report.mapping == key_map and not report.initialized and not report.unused
+            for m in (model.a, model.b):
+                assert torch.equal(m.weight, shared["shared.weight"]) and torch.equal(m.bias, shared["shared.bias"])
+            assert model.a.weight.data_ptr() != model.b.weight.data_ptr()  # two copies, not one tensor twice
+            with torch.no_grad():
+                model.a.weight.add_(1.0)
+            assert torch.equal(model.b.weight, shared["shared.weight"])
+
+
+def test_an_explicit_map_giving_two_sources_to_one_tied_tensor_is_an_error() -> None:
+    src = {"e.weight": TensorMeta((10, 4), torch.float32), "h.weight": TensorMeta((10, 4), torch.float32)}
+    options = PlanOptions(rename={"embed.weight": "e.weight", "lm_head.weight": "h.weight"})
+    with pytest.raises(PlanError, match=r"'embed.weight' and 'lm_head.weight' are one tied tensor, mapped to two "
+                                        r"sources 'e.weight' and 'h.weight'; map only one of them"):
+        make_plan(src, TargetSpec.from_module(Tied()), options)
+
+
+def test_a_broken_builtin_strategy_raises_instead_of_degrading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    model = nn.Sequential(nn.Linear(2, 3))
+    monkeypatch.setitem(sys.modules, "weightsurgery.match.suffix", None)  # an install missing the module
+    with pytest.raises(ImportError, match=r"built-in matching strategy 'suffix' cannot be loaded .*reinstall"):
+        make_plan(metas(model), TargetSpec.from_module(model))
+    assert make_plan(metas(model), TargetSpec.from_module(model), PlanOptions(strategies=["exact"])).mapping
+
+
+def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    seen: dict[str, list[int]] = {}
+    for name, (module, attr) in {
+        "fused": ("weightsurgery.match.fused", "match_fused"),
+        "suffix": ("weightsurgery.match.suffix", "match_suffix"),
+        "structure": ("weightsurgery.match.structure", "match_structure"),
+    }.items():
+        real = getattr(importlib.import_module(module), attr)
+
+        def counting(ctx, real=real, name=name):  # type: ignore[no-untyped-def]
+            seen.setdefault(name, []).append(len(ctx.open_targets) + len(ctx.open_sources))
+            return real(ctx)
+
+        monkeypatch.setattr(importlib.import_module(module), attr, counting)
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
+    plan = make_plan(metas(model, "module."), TargetSpec.from_module(model))
+    assert len(plan.mapping) == 4 and seen == {}  # exact + prefix explained everything: nothing else ran
+
+    grown = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.Linear(4, 5))
+    plan = make_plan(metas(model, "module."), TargetSpec.from_module(grown))
+    assert len(plan.mapping) == 4
+    # the later strategies ran, once each, and saw only the new layer's two keys (no source is left)
+    assert seen["fused"] == [2] and all(calls == [2] for calls in seen.values())
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 3)
+        self.b = nn.Linear(2, 3)
+
+
+def metas_of(state: dict[str, torch.Tensor]) -> dict[str, TensorMeta]:
+    return {k: TensorMeta.of(v) for k, v in state.items()}

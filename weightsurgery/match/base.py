@@ -32,6 +32,9 @@ class Match:
             or ``None`` for a plain copy. A match that names an adapter may read a
             source key another match already read (a fused ``qkv`` split three ways).
         adapter_args: the adapter's keyword arguments (JSON-serialisable).
+        copy: ``source`` may fill other targets too, each with its own copy (a user's
+            explicit map naming one source for two targets); otherwise a source
+            fills one target only.
     """
 
     target: str
@@ -41,6 +44,7 @@ class Match:
     sources: tuple[str, ...] = ()
     adapter: str | None = None
     adapter_args: Mapping[str, object] = field(default_factory=dict)
+    copy: bool = False
 
 
 @dataclass(frozen=True)

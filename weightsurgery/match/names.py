@@ -8,9 +8,10 @@ policy to it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from weightsurgery.errors import PlanError
 from weightsurgery.match.base import Abstain, Match, MatchContext, Strategy, StrategyResult
@@ -56,19 +57,47 @@ def explicit_strategy(mapping: Mapping[str, str]) -> Strategy:
     """A strategy for a user's exact ``{target_key: source_key}`` map.
 
     Every key named must exist on its side; all problems are raised at once.
+    One source named for several targets is a copy into each, recorded for
+    each (never one of them dropped). Two tied target keys are one tensor:
+    naming them with different sources is an error.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from weightsurgery.match.target import TargetSpec
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> target = TargetSpec.from_module(nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)}))
+        >>> src = {"w": TensorMeta((2, 2), torch.float32)}
+        >>> ctx = MatchContext(src, target, list(target.tensors), list(src))
+        >>> [(m.target, m.source, m.copy) for m in explicit_strategy({"a.weight": "w", "b.weight": "w"})(ctx).matches]
+        [('a.weight', 'w', True), ('b.weight', 'w', True)]
     """
 
     def match_explicit(ctx: MatchContext) -> StrategyResult:
         problems = []
+        chosen: dict[str, tuple[str, str]] = {}  # canonical target -> (the key the user wrote, source)
         for t, s in mapping.items():
             canonical = ctx.target.canonical(t)
             if canonical not in ctx.target.tensors:
                 problems.append(f"target key {t!r} (in the explicit map) is not in the target model")
             if s not in ctx.source:
                 problems.append(f"source key {s!r} (mapped to {t!r}) is not in the source")
+            earlier = chosen.setdefault(canonical, (t, s))
+            if earlier[1] != s:
+                problems.append(
+                    f"target keys {earlier[0]!r} and {t!r} are one tied tensor, mapped to two sources "
+                    f"{earlier[1]!r} and {s!r}; map only one of them"
+                )
         if problems:
             raise PlanError("explicit key map does not fit:\n  " + "\n  ".join(problems), problems=problems)
-        matches = [Match(ctx.target.canonical(t), s, "explicit", "user key map") for t, s in mapping.items()]
+        fills: dict[str, list[str]] = defaultdict(list)
+        for canonical, (_, s) in chosen.items():
+            fills[s].append(canonical)
+        matches = []
+        for canonical, (_, s) in chosen.items():
+            others = [t for t in fills[s] if t != canonical]
+            evidence = "user key map" + (f"; {s} is also copied to {', '.join(others)}" if others else "")
+            matches.append(Match(canonical, s, "explicit", evidence, copy=bool(others)))
         return StrategyResult(matches=matches)
 
     return match_explicit
@@ -117,64 +146,115 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     """
     open_targets = set(ctx.open_targets)
     open_sources = set(ctx.open_sources)
-    candidates: list[tuple[str, str, str, str]] = []  # (target, source, kind, prefix)
-    for src in ctx.open_sources:
-        for prefix, rest in prefix_splits(src):
-            if rest in open_targets:
-                candidates.append((rest, src, "stripped", prefix))
-    for tgt in ctx.open_targets:
-        for prefix, rest in prefix_splits(tgt):
-            if rest in open_sources:
-                candidates.append((tgt, rest, "added", prefix))
-    if not candidates:
-        return StrategyResult()
-    support = Counter((kind, prefix) for _, _, kind, prefix in candidates)
-    fits = Counter(  # pairs whose shapes agree: a wrapper explains shapes, a second model only names
-        (kind, prefix) for t, s, kind, prefix in candidates if ctx.target.tensors[t].shape == ctx.source[s].shape
-    )
+    order = itertools.count()
+    found = _Candidates()
+    found.add("stripped", _collect(ctx.open_sources, open_targets, order, stripped=True))
+    found.add("added", _collect(ctx.open_targets, open_sources, order, stripped=False))
+    return found.assign(ctx)
 
-    def score(c: tuple[str, str, str, str]) -> tuple[int, int, int, int]:
-        _, _, kind, prefix = c
-        return (fits[(kind, prefix)], support[(kind, prefix)], int(prefix in KNOWN_WRAPPERS), -prefix.count("."))
 
-    candidates.sort(key=score, reverse=True)
-    taken_t: set[str] = set()
-    taken_s: set[str] = set()
-    blocked: dict[str, Abstain] = {}
-    matches: list[Match] = []
-    i = 0
-    while i < len(candidates):
-        j = i
-        while j < len(candidates) and score(candidates[j]) == score(candidates[i]):
-            j += 1
-        tier = [c for c in candidates[i:j] if c[0] not in taken_t and c[1] not in taken_s and c[0] not in blocked]
-        per_t = Counter(c[0] for c in tier)
-        per_s = Counter(c[1] for c in tier)
-        for tgt, src, kind, prefix in tier:
-            if per_t[tgt] > 1 or per_s[src] > 1:
-                rivals = sorted({c[1] for c in tier if c[0] == tgt} | {c[0] for c in tier if c[1] == src} - {tgt})
-                blocked[tgt] = Abstain(tgt, f"ambiguous prefix match: {', '.join(rivals)}", tuple(rivals), "prefix")
-                continue
-            evidence = f"{kind} {prefix!r} ({fits[(kind, prefix)]} of {support[(kind, prefix)]} keys fit in shape)"
-            rivals = sorted({p for t, _, k, p in candidates if t == tgt and p != prefix and fits[(k, p)] == fits[(kind, prefix)]})
-            if rivals:  # e.g. 'model.' and 'model_ema.' fit equally: say which was taken and how to take the other
-                evidence += f"; {', '.join(map(repr, rivals))} fit as well: pass key= to choose"
-            matches.append(Match(tgt, src, "prefix", evidence))
-            taken_t.add(tgt)
-            taken_s.add(src)
-        i = j
-    return StrategyResult(matches, [a for t, a in blocked.items() if t not in taken_t])
+def _collect(
+    keys: Sequence[str], other: set[str], order: Iterator[int], *, stripped: bool
+) -> dict[str, list[tuple[int, str, str]]]:
+    """prefix -> ``(rank, target, source)`` for every ``key = prefix + rest`` with ``rest`` in ``other``."""
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    for key in keys:
+        start = 0
+        dot = key.find(".")
+        while dot >= 0 and not key[start:dot].isdigit():
+            rest = key[dot + 1 :]
+            if rest in other:
+                pair = (rest, key) if stripped else (key, rest)
+                found.setdefault(key[: dot + 1], []).append((next(order), *pair))
+            start = dot + 1
+            dot = key.find(".", start)
+    return found
+
+
+class _Candidates:
+    """Prefix candidates, grouped by ``(kind, prefix)``, assigned best score first.
+
+    Within one ``(kind, prefix)`` every target and every source appears at
+    most once (the prefix determines the other side), so only candidates of
+    two prefixes with the same score can compete for a key.
+    """
+
+    def __init__(self) -> None:
+        # (kind, prefix) -> [(rank, target, source)]; rank is the candidate's place in key order
+        self.groups: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+
+    def add(self, kind: str, by_prefix: Mapping[str, list[tuple[int, str, str]]]) -> None:
+        self.groups.update(((kind, p), g) for p, g in by_prefix.items())
+
+    def assign(self, ctx: MatchContext) -> StrategyResult:
+        groups = self.groups
+        if not groups:
+            return StrategyResult()
+        tensors, source = ctx.target.tensors, ctx.source
+        fits = {kp: sum(1 for _, t, s in g if tensors[t].shape == source[s].shape) for kp, g in groups.items()}
+        rivals: dict[str, list[tuple[str, str]]] = {}  # target -> the (kind, prefix) of each candidate, if several
+        if len(groups) > 1:
+            by_target: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            for kp, g in groups.items():
+                for _, t, _ in g:
+                    by_target[t].append(kp)
+            rivals = {t: kps for t, kps in by_target.items() if len(kps) > 1}
+
+        def score(kp: tuple[str, str]) -> tuple[int, int, int, int]:
+            """Shape fits, then names explained, then a known wrapper, then brevity."""
+            return (fits[kp], len(groups[kp]), int(kp[1] in KNOWN_WRAPPERS), -kp[1].count("."))
+
+        taken_t: set[str] = set()
+        taken_s: set[str] = set()
+        blocked: dict[str, Abstain] = {}
+        matches: list[Match] = []
+        for _, same_score in itertools.groupby(sorted(groups, key=score, reverse=True), key=score):
+            kps = list(same_score)
+            members = groups[kps[0]] if len(kps) == 1 else sorted(c for kp in kps for c in groups[kp])
+            kp_of = {} if len(kps) == 1 else {(c[1], c[2]): kp for kp in kps for c in groups[kp]}
+            tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
+            per_t: dict[str, list[str]] = {}  # target -> sources competing for it in this tier
+            per_s: dict[str, list[str]] = {}  # source -> targets competing for it in this tier
+            if len(kps) > 1:
+                for _, tgt, src in tier:
+                    per_t.setdefault(tgt, []).append(src)
+                    per_s.setdefault(src, []).append(tgt)
+            evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
+            for _, tgt, src in tier:
+                if per_t and (len(per_t[tgt]) > 1 or len(per_s[src]) > 1):
+                    names = sorted(set(per_t[tgt]) | (set(per_s[src]) - {tgt}))
+                    blocked[tgt] = Abstain(tgt, f"ambiguous prefix match: {', '.join(names)}", tuple(names), "prefix")
+                    continue
+                kp = kp_of[(tgt, src)] if kp_of else kps[0]
+                why = evidence[kp]
+                if tgt in rivals:  # e.g. 'model.' and 'model_ema.' fit equally: say which was taken
+                    others = sorted({p for k, p in rivals[tgt] if p != kp[1] and fits[(k, p)] == fits[kp]})
+                    if others:
+                        why += f"; {', '.join(map(repr, others))} fit as well: pass key= to choose"
+                matches.append(Match(tgt, src, "prefix", why))
+                taken_t.add(tgt)
+                taken_s.add(src)
+        return StrategyResult(matches, [a for t, a in blocked.items() if t not in taken_t])
 
 
 def prefix_splits(key: str) -> list[tuple[str, str]]:
-    """``"a.b.c.weight"`` -> ``[("a.", "b.c.weight"), ("a.b.", "c.weight"), ...]``, stopping at a number."""
-    parts = key.split(".")
-    out = []
-    for i in range(1, len(parts)):
-        if parts[i - 1].isdigit():
-            break
-        out.append((".".join(parts[:i]) + ".", ".".join(parts[i:])))
-    return out
+    """``"a.b.c.weight"`` -> ``[("a.", "b.c.weight"), ("a.b.", "c.weight"), ...]``, stopping at a number.
+
+    Example:
+        >>> prefix_splits("model.blocks.3.attn.weight")
+        [('model.', 'blocks.3.attn.weight'), ('model.blocks.', '3.attn.weight')]
+    """
+    return list(_splits(key))
+
+
+def _splits(key: str) -> Iterator[tuple[str, str]]:
+    start = 0
+    while True:
+        dot = key.find(".", start)
+        if dot < 0 or key[start:dot].isdigit():
+            return
+        yield key[: dot + 1], key[dot + 1 :]
+        start = dot + 1
 
 
 def _unique_claims(

@@ -83,10 +83,13 @@ def _strategy_list(options: PlanOptions) -> list[tuple[str, Strategy]]:
             out.append((name, match_prefix))
         elif name in _OPTIONAL:
             module, attr = _OPTIONAL[name]
-            try:
+            try:  # imported when used, and part of every install: a failure is a broken install
                 out.append((name, getattr(importlib.import_module(module), attr)))
-            except (ImportError, AttributeError):  # a strategy not built into this install
-                logger.debug("strategy %s unavailable", name)
+            except (ImportError, AttributeError) as exc:
+                raise ImportError(
+                    f"built-in matching strategy {name!r} cannot be loaded from {module}.{attr} ({exc}); "
+                    "the weightsurgery install is broken: reinstall it, or pass strategies= without it"
+                ) from exc
     out += [(getattr(s, "__name__", "custom"), s) for s in options.extra_strategies]
     return out
 
@@ -145,33 +148,46 @@ def make_plan(
     for key, pattern in excluded.items():
         decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
     decided.update(decide.ruled(t for t in ctx.open_targets if t not in decided))
-    ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
+    if decided:
+        ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
 
-    for _name, strategy in _strategy_list(options):
-        if not ctx.open_targets:
-            break
+    # One set of each side's open keys for the whole run, updated as matches land:
+    # each key costs O(1) per strategy that still sees it, never a scan of all keys.
+    open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
+    for name, strategy in _strategy_list(options):
+        if not open_t:
+            break  # everything is explained: later strategies see nothing and cost nothing
         result = strategy(ctx)
-        open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
+        logger.debug("%s: %d matches, %d abstentions", name, len(result.matches), len(result.abstentions))
+        closed = len(open_t), len(open_s)
         for m in result.matches:
-            srcs = m.sources or (m.source,)
-            if m.target not in open_t or any(s not in source for s in srcs):
-                continue  # a strategy may not claim a decided key or invent a source
-            if m.adapter is None and m.source not in open_s:
+            if m.target not in open_t:
+                continue  # a strategy may not claim a decided key
+            if m.sources:
+                if any(s not in source for s in m.sources):
+                    continue  # ... or invent a source
+            elif m.source not in source:
+                continue
+            if m.adapter is None and m.source not in open_s and not m.copy:
                 continue
             entry = decide(m)
             if entry.action is Action.INIT and entry.source_shape is not None and options.on_mismatch == "error":
                 mismatches.append(entry)
             decided[m.target] = entry
             open_t.discard(m.target)
-            open_s.difference_update(srcs)
+            if m.sources:
+                open_s.difference_update(m.sources)
+            else:
+                open_s.discard(m.source)
         for a in result.abstentions:
             if a.target in open_t:
                 reasons[a.target] = a.reason
                 if a.final:  # a veto: no later strategy may fill this key
                     decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
                     open_t.discard(a.target)
-        ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
-        ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
+        if (len(open_t), len(open_s)) != closed:
+            ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
+            ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
     decided.update(transposed_layout(decided, target, options.on_mismatch))
     decided.update(veto_unrelated(decided, source, target, exclude=excluded, opted_in=options.strategies is not None))
@@ -190,7 +206,8 @@ def make_plan(
 
     entries: dict[str, PlanEntry] = {}
     for key in target.tensors:
-        entries[key] = decided.get(key) or PlanEntry(
+        entry = decided.get(key)
+        entries[key] = entry if entry is not None else PlanEntry(
             key, Action.INIT, evidence=reasons.get(key, "no candidate in the source")
         )
     for alias, canonical in target.aliases.items():
@@ -216,6 +233,8 @@ def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:
     """Target key -> the first exclude pattern that selects it."""
     if isinstance(patterns, str):
         patterns = [patterns]
+    if not patterns:
+        return {}
     compiled = []
     for p in patterns:
         try:
@@ -248,6 +267,10 @@ class _Decider:
     def __call__(self, m: Match) -> PlanEntry:
         tshape = self.target.tensors[m.target].shape
         sshape = self.source[m.source].shape
+        if m.adapter is None and sshape == tshape and not self.options.adapt and self.options.classes is None:
+            # the common case, a plain same-shape copy: no rule or proposal can change it
+            return PlanEntry(m.target, Action.LOAD, m.source, tuple(m.sources), m.strategy, m.evidence,
+                             source_shape=sshape)
         base = dict(target=m.target, source=m.source, sources=tuple(m.sources), strategy=m.strategy)
         if m.adapter is not None:
             return PlanEntry(
