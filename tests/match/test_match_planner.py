@@ -153,7 +153,7 @@ def test_an_explicit_map_naming_one_source_for_two_targets_copies_it_into_both(t
 
     shared = {"shared.weight": torch.randn(3, 2), "shared.bias": torch.randn(3)}
     key_map = {f"{m}.{leaf}": f"shared.{leaf}" for m in ("a", "b") for leaf in ("weight", "bias")}
-    plan = make_plan(metas_of(shared), TargetSpec.from_module(Pair()), PlanOptions(rename=key_map))
+    plan = make_plan(metas_of(shared), TargetSpec.from_module(Pair()), PlanOptions(key_map=key_map))
     assert plan.mapping == key_map
     assert plan.unused == ()
     assert plan.entries["a.weight"].evidence == "user key map; shared.weight is also copied to b.weight"
@@ -161,7 +161,7 @@ def test_an_explicit_map_naming_one_source_for_two_targets_copies_it_into_both(t
     save_file(shared, tmp_path / "shared.safetensors")
     for source in (shared, tmp_path / "shared.safetensors"):
         for dst in (Pair(), Pair):  # a built model, and a factory built on meta
-            report = transfer(source, dst, rename=key_map)
+            report = transfer(source, dst, key_map=key_map)
             model = report.model
             assert report.mapping == key_map and not report.initialized and not report.unused
             for m in (model.a, model.b):
@@ -174,7 +174,7 @@ def test_an_explicit_map_naming_one_source_for_two_targets_copies_it_into_both(t
 
 def test_an_explicit_map_giving_two_sources_to_one_tied_tensor_is_an_error() -> None:
     src = {"e.weight": TensorMeta((10, 4), torch.float32), "h.weight": TensorMeta((10, 4), torch.float32)}
-    options = PlanOptions(rename={"embed.weight": "e.weight", "lm_head.weight": "h.weight"})
+    options = PlanOptions(key_map={"embed.weight": "e.weight", "lm_head.weight": "h.weight"})
     with pytest.raises(PlanError, match=r"'embed.weight' and 'lm_head.weight' are one tied tensor, mapped to two "
                                         r"sources 'e.weight' and 'h.weight'; map only one of them"):
         make_plan(src, TargetSpec.from_module(Tied()), options)
