@@ -15,6 +15,7 @@ from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
 
 IN, HID, LAYERS = 5, 6, 3
+F32 = torch.float32
 CELLS = {nn.LSTM: nn.LSTMCell, nn.GRU: nn.GRUCell, nn.RNN: nn.RNNCell}
 
 
@@ -170,7 +171,8 @@ def test_cell_stacks_without_a_direction_pair_are_not_merged():
     metas = {k: TensorMeta(tuple(v.shape), v.dtype) for k, v in src.state_dict().items()}
     result = match_recurrent(MatchContext(metas, spec, list(spec.tensors), list(metas)))
     assert not result.matches
-    assert {a.reason.split(":")[0] for a in result.abstentions} == {"recurrent stack disagrees with 'rnn' (directions 2 vs 1)"}
+    heads = {a.reason.split(":")[0] for a in result.abstentions}
+    assert heads == {"recurrent stack disagrees with 'rnn' (directions 2 vs 1)"}
 
 
 def test_cells_and_per_layer_modules_map_into_each_other():
@@ -234,13 +236,30 @@ def test_a_stack_that_disagrees_abstains_with_the_reason_and_loads_nothing(src, 
 
 
 def test_gru_and_lstm_of_equal_row_counts_are_told_apart_by_the_module_type():
-    """A GRU of hidden 4 stacks 12 rows like an LSTM of hidden 3; weight_hh's columns and the type disagree."""
-    assert gates_of(nn.GRU) == 3 and gates_of(nn.LSTMCell) == 4 and gates_of(nn.Linear) is None
+    """A GRU of hidden 4 stacks 12 rows like an LSTM of hidden 3: equal weight_ih shapes, different kinds."""
 
     class MyLSTM(nn.LSTM):
         pass
 
-    assert gates_of(MyLSTM) == 4
+    assert gates_of(nn.GRU) == 3 and gates_of(nn.LSTMCell) == 4 and gates_of(MyLSTM) == 4
+    assert gates_of(nn.Linear) is None
+    target = nn.Module()
+    target.layers = nn.ModuleList([MyLSTM(IN, 3), MyLSTM(3, 3)])
+    spec = TargetSpec.from_module(target)
+    metas = {f"gru.{k}": TensorMeta(tuple(v.shape), v.dtype) for k, v in nn.GRU(IN, 4, 2).state_dict().items()}
+    assert metas["gru.weight_ih_l0"].shape == spec.tensors["layers.0.weight_ih_l0"].shape == (12, IN)
+    result = match_recurrent(MatchContext(metas, spec, list(spec.tensors), list(metas)))
+    assert not result.matches
+    (reason,) = {a.reason for a in result.abstentions}
+    assert reason.startswith("recurrent stack disagrees with 'gru' (kind GRU vs LSTM, hidden size 4 vs 3")
+    assert all(a.final for a in result.abstentions) and len(result.abstentions) == 8
+
+
+def test_a_source_whose_rows_are_no_gate_multiple_is_not_a_stack():
+    spec = TargetSpec.from_module(PerLayer(nn.LSTM, layers=1))
+    metas = {"rnn.weight_ih_l0": TensorMeta((10, IN), F32), "rnn.weight_hh_l0": TensorMeta((10, 4), F32)}
+    result = match_recurrent(MatchContext(metas, spec, list(spec.tensors), list(metas)))
+    assert not result.matches and not result.abstentions
 
 
 class TwoStacks(nn.Module):
@@ -276,7 +295,8 @@ def test_two_stacks_that_nothing_tells_apart_are_abstained_naming_both():
 
 def test_same_layout_stacks_are_left_to_the_name_strategies():
     spec = TargetSpec.from_module(Multi(nn.LSTM))
-    metas = {f"encoder.lstm.{k}": TensorMeta(tuple(v.shape), v.dtype) for k, v in Multi(nn.LSTM).rnn.state_dict().items()}
+    state = Multi(nn.LSTM).rnn.state_dict()
+    metas = {f"encoder.lstm.{k}": TensorMeta(tuple(v.shape), v.dtype) for k, v in state.items()}
     result = match_recurrent(MatchContext(metas, spec, list(spec.tensors), list(metas)))
     assert not result.matches and not result.abstentions
 

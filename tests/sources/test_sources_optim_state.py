@@ -170,7 +170,7 @@ def test_a_pickle_that_needs_code_is_refused_in_both_formats(tmp_path: Path, zip
 
 def test_a_file_of_flattened_moments_only_says_so() -> None:
     _, osd = _trained("sgd")
-    with pytest.raises(EmptyCheckpointError, match=r"holds only optimizer state \(10 tensors such as state\.0\.momentum"):
+    with pytest.raises(EmptyCheckpointError, match=r"holds only optimizer state \(10 tensors such as state\.0\.mom"):
         unwrap(_flat(osd))
 
 

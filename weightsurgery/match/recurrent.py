@@ -117,13 +117,15 @@ def _pair(targets: list[Stack], sources: list[Stack]) -> tuple[list[tuple[Stack,
             continue
         if len(fits) > 1:
             names = ", ".join(sources[j].describe() for j in fits)
-            abstentions += _abstain(t, f"ambiguous: several recurrent stacks fit {t.describe()}: {names}", fits, sources)
+            why = f"ambiguous: several recurrent stacks fit {t.describe()}: {names}"
+            abstentions += _abstain(t, why, fits, sources)
             continue
         j = fits[0]
         rivals = [u for u, sig in enumerate(sigs_t) if u != i and sig == sigs_s[j]]
         if rivals and [u for u in (i, *rivals) if _aligned(sources[j].anchor, targets[u].anchor)] != [i]:
             others = ", ".join(targets[u].describe() for u in (i, *rivals))
-            abstentions += _abstain(t, f"ambiguous: {sources[j].describe()} fits several target stacks: {others}", [j], sources)
+            why = f"ambiguous: {sources[j].describe()} fits several target stacks: {others}"
+            abstentions += _abstain(t, why, [j], sources)
             continue
         if sources[j].layout != t.layout:  # same layout: names differ only by path; suffix decides
             pairs.append((t, sources[j]))
