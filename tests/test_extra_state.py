@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from weightsurgery import transfer
-from weightsurgery.errors import ModuleProtocolError
+from weightsurgery.errors import ModuleProtocolError, StrictTransferError
 
 
 class Scaled(nn.Module):
@@ -102,3 +102,15 @@ def test_a_lazy_source_is_refused_with_its_module_named() -> None:
     with pytest.raises(ModuleProtocolError, match=r"'1.weight' is an uninitialized lazy parameter.*'1'") as err:
         transfer(nn.Sequential(nn.Linear(2, 3), nn.LazyLinear(4)), nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 4)))
     assert err.value.module == "1"
+
+
+def test_strict_fails_like_load_state_dict_on_missing_or_unexpected_extra_state() -> None:
+    target = Net(scale=7.0)
+    with pytest.raises(StrictTransferError, match=r"extra state the source lacks: body._extra_state") as err:
+        transfer(Plain(), target, strict=True)
+    assert err.value.missing == ("body._extra_state",) and target.body.scale == 7.0
+    with pytest.raises(RuntimeError, match="Missing key"):
+        Net().load_state_dict(Plain().state_dict())  # torch's own verdict
+    with pytest.raises(StrictTransferError, match=r"no target module takes: body._extra_state") as err:
+        transfer(Net(scale=2.0), Plain(), strict=True)
+    assert err.value.unused == ("body._extra_state",)

@@ -26,12 +26,18 @@ from typing import Any
 
 from torch import nn
 
-from weightsurgery.errors import ModuleProtocolError
+from weightsurgery.errors import ModuleProtocolError, StrictTransferError
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.memory import EXTRA_STATE
 
-__all__ = ["extra_state_plan", "set_extra_states", "stage_extra_states"]
+__all__ = [
+    "check_strict_extra_state",
+    "extra_state_plan",
+    "set_extra_states",
+    "stage_extra_states",
+    "unused_extra_state",
+]
 
 
 def extra_state_plan(plan: Plan, target: TargetSpec, source_extra: Mapping[str, Any]) -> dict[str, str | None]:
@@ -58,6 +64,32 @@ def extra_state_plan(plan: Plan, target: TargetSpec, source_extra: Mapping[str, 
         candidates = [_key(q) for q, _ in votes.most_common()]
         out[own] = next((k for k in [*candidates, own] if k in source_extra), None)
     return out
+
+
+def unused_extra_state(chosen: Mapping[str, str | None], source_extra: Mapping[str, Any]) -> list[str]:
+    """Source extra-state keys that no target module takes, in source order."""
+    taken = set(chosen.values())
+    return [k for k in source_extra if k not in taken]
+
+
+def check_strict_extra_state(plan: Plan, target: TargetSpec, source_extra: Mapping[str, Any]) -> None:
+    """``strict=True``, as ``load_state_dict(strict=True)``: every module's extra state found, none left over.
+
+    Raises:
+        StrictTransferError: missing or unexpected ``_extra_state`` keys; nothing was changed.
+    """
+    chosen = extra_state_plan(plan, target, source_extra)
+    missing = [k for k, s in chosen.items() if s is None]
+    unused = unused_extra_state(chosen, source_extra)
+    if missing or unused:
+        raise StrictTransferError(
+            "strict=True: module extra state does not match; nothing was changed. "
+            + (f"Target modules whose extra state the source lacks: {', '.join(missing)}. " if missing else "")
+            + (f"Source extra state no target module takes: {', '.join(unused)}. " if unused else "")
+            + "Pass strict=False to keep each module's own extra state",
+            missing=missing,
+            unused=unused,
+        )
 
 
 def stage_extra_states(chosen: Mapping[str, str | None], source_extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from weightsurgery._grouping import group_keys
 from weightsurgery._warn import warn_user
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.errors import CoverageError, StrictTransferError
-from weightsurgery.extra_state import extra_state_plan
+from weightsurgery.extra_state import check_strict_extra_state, extra_state_plan, unused_extra_state
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.options import MatchingOptions, PlanOptions
 from weightsurgery.match.planner import make_plan, plan_unused
@@ -209,6 +209,7 @@ def _run(
     notes = _check_coverage(the_plan, target, checkpoint, min_coverage)
     if strict:
         _check_strict(the_plan, init_keys)
+        check_strict_extra_state(the_plan, target, checkpoint.metadata.get("extra_state", {}))
 
     result = ApplyResult()
     if not dry_run:
@@ -347,7 +348,7 @@ def _report(
     extra = extra_state_plan(plan, target, source_extra)
     return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
                   frozen=result.frozen, warnings=warnings, model=model, extra_state=extra,
-                  unused_extra_state=[k for k in source_extra if k not in set(extra.values())])
+                  unused_extra_state=unused_extra_state(extra, source_extra))
 
 
 def _loaded_numel(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int:

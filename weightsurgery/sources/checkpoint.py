@@ -116,6 +116,9 @@ class Checkpoint:
         origin: what the checkpoint was resolved from.
         metadata: free-form metadata (safetensors header metadata, label names,
             ``"classifier"``/``"first_conv"`` names from a registry...).
+            ``"tied"`` lists the groups of keys that name one shared tensor
+            (:mod:`weightsurgery.sources.shared`); a key that shares its tensor
+            with a key a plan reads is used, not unused.
         closer: releases file handles; called by :meth:`close`.
         owned: ``loader`` returns freshly allocated tensors that share memory with
             nothing (not a memory-mapped file, not a caller's tensor), so apply
