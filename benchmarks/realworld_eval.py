@@ -32,6 +32,7 @@ The ground truth is functional, never read off the names:
 - the same functional check then runs on the transferred target (``func``):
   ``pass``/``FAIL`` where the transfer claims every tensor with a truth, ``-``
   where it loaded only part of the model (the check cannot pass then);
+- ``warned``: the report carries a warning (a low-coverage transfer must);
 - ``false-absent`` counts misses whose evidence says the source has no
   counterpart ("counterpart absent", "no candidate") although a source tensor
   of that very shape exists: such evidence misleads the user.
@@ -110,6 +111,7 @@ class Result:
     functional: str  # "pass", "FAIL: ...", "-" (partial load), "n/a" (trap)
     loaded: int = 0
     false_absence: list[str] = field(default_factory=list)  # "absent"/"no candidate" said, yet a same-shaped source exists
+    warnings: tuple[str, ...] = ()  # the report's warnings (low coverage...)
 
 
 # --- where the packages keep their files ------------------------------------------------------------------
@@ -753,7 +755,7 @@ def evaluate(case: RealCase) -> Result:
     else:
         functional = "-"
     score.seconds = time.perf_counter() - start
-    return Result(score, functional, loaded, false_absence(score, built.source))
+    return Result(score, functional, loaded, false_absence(score, built.source), tuple(report.warnings))
 
 
 _ABSENCE = ("counterpart absent", "no candidate")
@@ -766,7 +768,7 @@ def false_absence(score: me.Score, source: Mapping[str, Tensor]) -> list[str]:
             if any(w in m.evidence.lower() for w in _ABSENCE) and tuple(m.target_shape) in shapes]
 
 
-_COLUMNS = ("case", "truth", "correct", "WRONG", "missed", "loaded", "recall", "func", "false-absent", "s")
+_COLUMNS = ("case", "truth", "correct", "WRONG", "missed", "loaded", "recall", "func", "false-absent", "warned", "s")
 
 
 def render(results: list[Result]) -> str:
@@ -775,14 +777,15 @@ def render(results: list[Result]) -> str:
         s = r.score
         rows.append([s.pair, str(s.with_truth), str(s.correct), str(len(s.wrong)), str(len(s.missed)), str(r.loaded),
                      f"{s.coverage:.1%}" if s.with_truth else "-", r.functional, str(len(r.false_absence)),
-                     f"{s.seconds:.1f}"])
+                     "yes" if r.warnings else "-", f"{s.seconds:.1f}"])
     truth = sum(r.score.with_truth for r in results)
     correct = sum(r.score.correct for r in results)
     rows.append(["TOTAL", str(truth), str(correct), str(sum(len(r.score.wrong) for r in results)),
                  str(sum(len(r.score.missed) for r in results)), str(sum(r.loaded for r in results)),
                  f"{correct / truth:.1%}" if truth else "-",
                  f"{sum(r.functional == 'pass' for r in results)}/{sum(r.functional != 'n/a' for r in results)} pass",
-                 str(sum(len(r.false_absence) for r in results)), f"{sum(r.score.seconds for r in results):.0f}"])
+                 str(sum(len(r.false_absence) for r in results)), str(sum(bool(r.warnings) for r in results)),
+                 f"{sum(r.score.seconds for r in results):.0f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -812,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             rows = [{**asdict(r.score), "abstained": dict(r.score.abstained), "coverage": r.score.coverage,
-                     "functional": r.functional, "loaded": r.loaded, "false_absence": r.false_absence}
+                     "functional": r.functional, "loaded": r.loaded, "false_absence": r.false_absence,
+                     "warnings": list(r.warnings)}
                     for r in results]
             json.dump(rows, fh, indent=1)
     bad = any(r.score.wrong or r.functional.startswith("FAIL") for r in results)

@@ -90,6 +90,8 @@ def test_real_checkpoint_loads_nothing_wrong_and_keeps_its_coverage(
         assert result.functional == "pass", f"{name}: every tensor claimed, functional check {result.functional}"
     if not score.with_truth:  # a trap: nothing may load
         assert result.loaded == 0, details
+    if result.loaded < score.tensors / 2:  # any coverage that low is a warning (issue 9, class 2)
+        assert result.warnings, f"{name}: {result.loaded} of {score.tensors} tensors loaded, and no warning"
 
 
 def test_cases_cover_the_issue_classes(harness: ModuleType) -> None:
