@@ -43,7 +43,7 @@ FLOORS = {
     "deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features": 312,
     "TRAP deep-sort MobileNetV2 -> tv.efficientnet_b0": 0,
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)": 386,
-    "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1": 364,
+    "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1": 386,
     "EfficientNet-Lite2 -> timm lite2, checkpoint-wrapped stages": 386,
     "TRAP EfficientNet-Lite1 -> timm.mobilenetv2_100": 0,
     "facenet PNet -> fdet-style PNet": 13,
