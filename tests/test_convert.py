@@ -92,3 +92,20 @@ def test_write_torch_keeps_metadata_only_when_given(tmp_path: Path):
     write_torch({"w": torch.ones(1)}, tmp_path / "b.pth", metadata={"k": "v"})
     assert list(torch.load(tmp_path / "a.pth", weights_only=True)) == ["w"]
     assert torch.load(tmp_path / "b.pth", weights_only=True)["__metadata__"] == {"k": "v"}
+
+
+def test_module_extra_state_survives_a_torch_output_and_is_named_when_safetensors_drops_it(tmp_path, caplog):
+    class Scaled(nn.Linear):
+        def get_extra_state(self):
+            return {"scale": 3.0}
+
+        def set_extra_state(self, state):
+            self.scale = state["scale"]
+
+    src = Scaled(2, 2)
+    convert_checkpoint(src, tmp_path / "s.pth")
+    state = torch.load(tmp_path / "s.pth", weights_only=True)
+    assert state["_extra_state"] == {"scale": 3.0} and torch.equal(state["weight"], src.weight.detach())
+    with caplog.at_level("WARNING", logger="weightsurgery.convert"):
+        done = convert_checkpoint(src, tmp_path / "s.safetensors")
+    assert done.num_tensors == 2 and "not written: _extra_state" in caplog.text

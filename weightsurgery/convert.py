@@ -18,6 +18,9 @@ memory. Two rules bridge that:
   and the alias entries are structural and not repeated. Pop it before
   ``model.load_state_dict``. Reading a nested training checkpoint keeps its
   top-level scalars (``epoch``, ``arch``); non-string values are JSON-encoded.
+* **Module extra state** (``<module>._extra_state``, what ``get_extra_state``
+  returns) is written back into a torch pickle; safetensors cannot hold it, so
+  it is left out of a ``.safetensors`` output with a logged warning.
 
 Every file is written atomically (:func:`weightsurgery._io.atomic_path`).
 """
@@ -174,7 +177,10 @@ def convert_checkpoint(
     with resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet) as ckpt:
         tensors = _read_all(ckpt, progress)  # names that share a tensor come back as one tensor
         metadata = _source_metadata(ckpt)
+        extra = dict(ckpt.metadata.get("extra_state", {}))  # modules' get_extra_state(), not tensors
         if fmt == "safetensors":
+            if extra:
+                logger.warning("%s cannot hold module extra state; not written: %s", dst, ", ".join(extra))
             aliases, cloned = write_safetensors(tensors, dst, metadata=metadata)
             metadata = {"format": "pt", **aliases, **metadata}  # the header as written
             written = len(tensors) - len(aliases)
@@ -182,7 +188,7 @@ def convert_checkpoint(
             aliases = alias_map(ckpt.metadata.get("tied", ()))
             cloned = ()
             metadata = {k: v for k, v in metadata.items() if (k, v) != ("format", "pt")}
-            write_torch(tensors, dst, metadata=metadata)
+            write_torch({**tensors, **extra}, dst, metadata=metadata)  # extra state back where torch keeps it
             written = len(tensors)
         logger.info("wrote %d tensors from %s to %s", written, ckpt.origin.describe(), dst)
         return Conversion(ckpt.origin.describe(), dst, fmt, written, aliases, cloned, metadata)
