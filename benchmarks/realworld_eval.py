@@ -110,7 +110,7 @@ class Result:
     score: me.Score
     functional: str  # "pass", "FAIL: ...", "-" (partial load), "n/a" (trap)
     loaded: int = 0
-    false_absence: list[str] = field(default_factory=list)  # "absent"/"no candidate" said, yet a same-shaped source exists
+    false_absence: list[str] = field(default_factory=list)  # "no counterpart" said, yet a same-shaped source exists
     warnings: tuple[str, ...] = ()  # the report's warnings (low coverage...)
 
 
@@ -613,7 +613,7 @@ class NamedCRNN(nn.Module):
 def khmer_into_named(tmp: Path) -> Built:
     from khmer_ocr_ocm.model import CRNN
 
-    path = package_file("khmer_ocr_ocm", "assets", "model.pth")  # {"model_state_dict": ..., "char2idx": ..., "cer": ...}
+    path = package_file("khmer_ocr_ocm", "assets", "model.pth")  # {"model_state_dict": ..., "char2idx": ..., ...}
     state = _load(path)["model_state_dict"]
     own = CRNN(img_height=48, num_classes=984).eval()
     own.load_state_dict(state)
@@ -761,7 +761,8 @@ def evaluate(case: RealCase) -> Result:
             warnings.simplefilter("ignore", UserWarning)  # the low-coverage warning of traps
             report = transfer(built.given, built.target)
     group = "unrelated" if not built.truth else "real"
-    pair = me.Pair(case.name, group, "functional" if built.check else "unrelated", lambda: None)  # type: ignore[arg-type, return-value]
+    oracle = "functional" if built.check else "unrelated"
+    pair = me.Pair(case.name, group, oracle, lambda: me.Case(built.source, built.target, built.truth))
     score = score_case(pair, built, report)
     loaded = sum(r.status in ("loaded", "adapted") for r in report.records.values())
     if built.check is None:

@@ -64,7 +64,8 @@ KNOWN = {
     "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)":
         "lora_B (no source) is re-initialized away from PEFT's zeros, so the adapted model changes its function",
 }
-SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features", "deep-sort MobileNetV2 -> hf.MobileNetV2Model",
+SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features",
+        "deep-sort MobileNetV2 -> hf.MobileNetV2Model",
         "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1",
         "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)"}
 
