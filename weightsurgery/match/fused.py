@@ -339,7 +339,7 @@ def _problem(fused: _Fused, group: _Group, ctx: MatchContext, *, fused_is_target
     unclear = [(r, ks) for r, ks in group.parts if len(ks) > 1]
     if unclear:
         listed = "; ".join(f"{r}: {', '.join(ks)}" for r, ks in unclear)
-        return f"the {side} has several keys for one role of {fused.key!r} ({listed}); map them with rename="
+        return f"the {side} has several keys for one role of {fused.key!r} ({listed}); map them with key_map="
     absent = [r for r in fused.roles if group.key(r) is None]
     if absent:
         where = group.module or "(root)"

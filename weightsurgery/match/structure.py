@@ -159,7 +159,7 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
         )
         reason = (
             f"unrelated: structural alignment explains too little of the smaller side (under {MIN_COVERAGE:.0%}) "
-            "to trust the pairing with {source}; map it explicitly with rename= if it is right"
+            "to trust the pairing with {source}; map it explicitly with key_map= if it is right"
         )
         refused = [Abstain(m.target, reason.format(source=m.source), (m.source,), STRATEGY) for m in matches]
         return StrategyResult((), refused + outcome.abstentions)
@@ -408,7 +408,7 @@ def _abstain_groups(t_set: Sequence[Group], s_set: Sequence[Group], reason: str)
             candidates = tuple(c for s in s_set if (c := counterpart(leaf, t, s)) is not None)
             out.append(
                 Abstain(
-                    key, f"{reason}; map {key} explicitly with rename= if you know the source", candidates, STRATEGY
+                    key, f"{reason}; map {key} explicitly with key_map= if you know the source", candidates, STRATEGY
                 )
             )
     return out

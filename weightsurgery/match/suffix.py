@@ -150,7 +150,7 @@ def match_suffix(ctx: MatchContext) -> StrategyResult:
                 Abstain(
                     target,
                     f"ambiguous: {', '.join(fitting)} all end with '{'.'.join(parts[-k:])}' and have shape "
-                    f"{tt.shape}; map {target} explicitly with rename=",
+                    f"{tt.shape}; map {target} explicitly with key_map=",
                     tuple(fitting),
                     STRATEGY,
                 )
@@ -187,7 +187,7 @@ def match_suffix(ctx: MatchContext) -> StrategyResult:
                 Abstain(
                     c.target,
                     f"ambiguous: source {source} fits {', '.join(others)} equally or better; "
-                    f"map {c.target} explicitly with rename=",
+                    f"map {c.target} explicitly with key_map=",
                     (source,),
                     STRATEGY,
                 )
