@@ -13,8 +13,8 @@ model actually holds:
 - ``unused`` (and ``unexpected_keys``) are the source keys whose values are nowhere in the model.
 
 The models mix plain layers, norms with integer buffers, tied embedding/head
-pairs (tied or untied in the source), and parameters with a buffer that is a
-view of them. Sources are state dicts (keys dropped, reshaped, prefixed, cast)
+pairs (tied or untied in the source), two parameters over one view, and a
+parameter with a buffer that is a view of its first row. Sources are state dicts (keys dropped, reshaped, prefixed, cast)
 or safetensors files that store a tied tensor once with alias metadata. A run
 is applied directly, or dry-run first (the model must not change) and then
 re-applied from its plan; a plan saved as JSON is re-applied on a source that
@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -62,18 +62,27 @@ class Views(nn.Module):
         self.register_buffer("row", self.base.data[0])
 
 
+class SameView(nn.Module):
+    """Two parameters over the same view of one tensor (not tied by identity)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        base = torch.randn(2, n)
+        self.a, self.b = nn.Parameter(base), nn.Parameter(base)
+
+
 Spec = tuple[Any, ...]
 
 
 @st.composite
 def specs(draw: st.DrawFn, depth: int = 0) -> list[Spec]:
-    kinds = ["linear", "bn", "ln", "tied", "views"] + (["nested"] if depth < 1 else [])
+    kinds = ["linear", "bn", "ln", "tied", "views", "sameview"] + (["nested"] if depth < 1 else [])
     out: list[Spec] = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(kinds))
         if kind == "linear":
             out.append(("linear", draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.booleans())))
-        elif kind in ("bn", "ln", "views"):
+        elif kind in ("bn", "ln", "views", "sameview"):
             out.append((kind, draw(st.integers(1, 4))))
         elif kind == "tied":
             out.append(("tied", draw(st.integers(2, 5)), draw(st.integers(1, 3))))
@@ -95,6 +104,8 @@ def build(spec: list[Spec], *, tied: bool = True) -> nn.Sequential:
             layers.append(TiedPair(args[0], args[1], tied=tied))
         elif kind == "views":
             layers.append(Views(args[0]))
+        elif kind == "sameview":
+            layers.append(SameView(args[0]))
         else:
             layers.append(build(args[0], tied=tied))
     return nn.Sequential(*layers)
@@ -180,6 +191,8 @@ def test_the_report_agrees_with_the_values_in_the_model(
     tmp_path_factory: pytest.TempPathFactory, spec: list[Spec], data: st.DataObject, tied_source: bool, prefix: str,
     as_safetensors: bool, factory: bool, dry_run: bool, replan: bool,
 ) -> None:
+    # Known failure, isolated in test_a_factory_keeps_two_parameters_over_one_view_shared (xfail) until fixed.
+    assume(not (factory and "sameview" in repr(spec)))
     counter = [1]
     source_model = build(spec, tied=tied_source)
     distinct_values(source_model, counter)
@@ -273,6 +286,24 @@ def test_a_source_that_is_the_target_moves_the_values_it_held(
         return
     assert {t: s for t, s in report.mapping.items() if t in key_map} == key_map
     assert_report_is_true(report, model, before, before)
+
+
+@pytest.mark.xfail(strict=True, reason="a factory target built on meta unties two parameters over one tensor")
+def test_a_factory_keeps_two_parameters_over_one_view_shared() -> None:
+    """Built on meta, ``a, b = Parameter(base), Parameter(base)`` must stay one tensor, as the constructor makes it.
+
+    Today the factory's model holds two separate tensors: the report says both loaded from
+    their own keys (true of that model), but the model is not the one the constructor builds,
+    and its plan does not re-apply to a built model (``0.b: is tied to 0.a``).
+    """
+    spec: list[Spec] = [("sameview", 2)]
+    source_model = build(spec)
+    distinct_values(source_model, [1])
+    report = quiet(lambda: transfer(dict(source_model.state_dict()), lambda: build(spec), seed=0))
+    model = report.model
+    assert model[0].a.data_ptr() == model[0].b.data_ptr()
+    assert (report.records["0.b"].status, report.records["0.b"].alias_of) == ("tied", "0.a")
+    quiet(lambda: transfer(dict(source_model.state_dict()), build(spec), plan=report.plan))
 
 
 def test_the_check_catches_a_report_that_lies() -> None:
