@@ -118,7 +118,10 @@ class Result:
 
 
 def package_file(package: str, *parts: str) -> Path:
-    path = Path(str(importlib.resources.files(package).joinpath(*parts)))
+    found = importlib.resources.files(package)
+    for part in parts:  # one part a call: joinpath takes several only from Python 3.11
+        found = found.joinpath(part)
+    path = Path(str(found))
     if not path.is_file():
         raise FileNotFoundError(f"{package} ships no {'/'.join(parts)} (looked at {path})")
     return path
