@@ -153,8 +153,50 @@ def test_a_wrapper_that_fits_in_shape_beats_a_second_model_that_only_shares_name
     assert "(4 of 4 keys fit in shape)" in result.matches[0].evidence
 
 
-def test_two_prefixes_that_fit_equally_are_reported() -> None:
+def test_two_prefixes_that_fit_equally_abstain_whatever_their_names() -> None:
+    # 'model.' is a common wrapper name and 'model_ema.' is not: a list of names is no evidence, so abstain.
     keys = {f"{p}{k}": tuple(v.shape) for p in ("model.", "model_ema.") for k, v in Net().state_dict().items()}
     result = match_prefix(ctx_for(keys, Net()))
-    assert pairs(result) == {k: f"model.{k}" for k in Net().state_dict()}  # the known wrapper, and it says so:
-    assert all("'model_ema.' fit as well: pass key= to choose" in m.evidence for m in result.matches)
+    assert pairs(result) == {}
+    assert {a.target: a.candidates for a in result.abstentions} == {
+        k: (f"model.{k}", f"model_ema.{k}") for k in Net().state_dict()
+    }
+    assert result.abstentions[0].reason == (
+        "ambiguous prefix match: model.stem.weight, model_ema.stem.weight fit stem.weight equally; "
+        "pass key= or key_map= to choose"
+    )
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_an_encoder_decoder_tie_abstains_naming_both(side: str) -> None:
+    # encoder. and decoder. explain the same keys equally well, stripped from the source or added to the target.
+    if side == "source":
+        keys = {f"{p}{k}": tuple(v.shape) for p in ("encoder.", "decoder.") for k, v in Net().state_dict().items()}
+        result = match_prefix(ctx_for(keys, Net()))
+        expected = {k: (f"decoder.{k}", f"encoder.{k}") for k in Net().state_dict()}
+    else:
+        both = nn.ModuleDict({"encoder": Net(), "decoder": Net()})
+        result = match_prefix(ctx_for({k: tuple(v.shape) for k, v in Net().state_dict().items()}, both))
+        expected = {f"{p}{k}": (k,) for p in ("encoder.", "decoder.") for k in Net().state_dict()}
+    assert pairs(result) == {}
+    assert {a.target: a.candidates for a in result.abstentions} == expected
+    if side == "target":
+        assert result.abstentions[0].reason == (
+            "ambiguous prefix match: stem.weight fits encoder.stem.weight, decoder.stem.weight equally; "
+            "pass key= or key_map= to choose"
+        )
+
+
+def test_an_encoder_decoder_tie_reaches_report_ambiguous_and_loads_nothing() -> None:
+    from weightsurgery import transfer
+
+    source = {f"{p}{k}": v for p in ("encoder.", "decoder.") for k, v in Net().state_dict().items()}
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = transfer(source, model, dry_run=True)
+    assert report.mapping == {}
+    assert report.ambiguous == list(Net().state_dict())
+    for k in report.ambiguous:  # both candidates named (as keys by prefix, as modules by structure)
+        module = k.rsplit(".", 1)[0]
+        assert f"decoder.{module}" in report.records[k].evidence and f"encoder.{module}" in report.records[k].evidence
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -28,9 +28,6 @@ __all__ = [
 
 RenameRule = tuple["re.Pattern[str]", str]
 
-#: Wrapper prefixes that training code adds (DDP, torch.compile, Lightning, detectors...).
-KNOWN_WRAPPERS = ("module.", "_orig_mod.", "model.", "net.", "backbone.", "encoder.", "base_model.", "ema.")
-
 
 def compile_rename(rules: Sequence[tuple[str, str]] | None) -> list[RenameRule]:
     """Compile ``[(regex, replacement), ...]``; a bad regex names itself.
@@ -140,9 +137,10 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     Each candidate is scored by how many keys its prefix explains *with equal
     shapes* (a wrapper explains shapes; a second model in the same checkpoint,
     such as a distillation teacher, only shares names), then by how many names
-    it explains, then by whether the prefix is a known wrapper, then by brevity. Pairs are
-    assigned best score first; where two candidates with the same score compete
-    for one key, that key abstains and the reason names both.
+    it explains, then by brevity. Pairs are assigned best score first; where
+    two candidates with the same score compete for one key (``encoder.`` and
+    ``decoder.`` explain the same keys equally well), that key abstains and the
+    reason names both: no fixed list of wrapper names breaks the tie.
     """
     open_targets = set(ctx.open_targets)
     open_sources = set(ctx.open_sources)
@@ -200,9 +198,9 @@ class _Candidates:
                     by_target[t].append(kp)
             rivals = {t: kps for t, kps in by_target.items() if len(kps) > 1}
 
-        def score(kp: tuple[str, str]) -> tuple[int, int, int, int]:
-            """Shape fits, then names explained, then a known wrapper, then brevity."""
-            return (fits[kp], len(groups[kp]), int(kp[1] in KNOWN_WRAPPERS), -kp[1].count("."))
+        def score(kp: tuple[str, str]) -> tuple[int, int, int]:
+            """Shape fits, then names explained, then brevity."""
+            return (fits[kp], len(groups[kp]), -kp[1].count("."))
 
         taken_t: set[str] = set()
         taken_s: set[str] = set()
@@ -222,8 +220,7 @@ class _Candidates:
             evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
             for _, tgt, src in tier:
                 if per_t and (len(per_t[tgt]) > 1 or len(per_s[src]) > 1):
-                    names = sorted(set(per_t[tgt]) | (set(per_s[src]) - {tgt}))
-                    blocked[tgt] = Abstain(tgt, f"ambiguous prefix match: {', '.join(names)}", tuple(names), "prefix")
+                    blocked[tgt] = _tie(tgt, per_t, per_s)
                     continue
                 kp = kp_of[(tgt, src)] if kp_of else kps[0]
                 why = evidence[kp]
@@ -235,6 +232,20 @@ class _Candidates:
                 taken_t.add(tgt)
                 taken_s.add(src)
         return StrategyResult(matches, [a for t, a in blocked.items() if t not in taken_t])
+
+
+def _tie(tgt: str, per_t: Mapping[str, list[str]], per_s: Mapping[str, list[str]]) -> Abstain:
+    """The abstention for ``tgt`` when prefixes of one score compete for it or for its sources."""
+    sources = sorted(set(per_t[tgt]))
+    why = []
+    if len(sources) > 1:
+        why.append(f"{', '.join(sources)} fit {tgt} equally")
+    for src in sources:
+        rivals = sorted(set(per_s[src]) - {tgt})
+        if rivals:
+            why.append(f"{src} fits {', '.join([tgt, *rivals])} equally")
+    reason = f"ambiguous prefix match: {'; '.join(why)}; pass key= or key_map= to choose"
+    return Abstain(tgt, reason, tuple(sources), "prefix")
 
 
 def prefix_splits(key: str) -> list[tuple[str, str]]:
