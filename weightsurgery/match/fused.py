@@ -276,15 +276,16 @@ def _pairs(
 ) -> list[tuple[_Fused, _Group]]:
     """Each fused key with the one group whose module lines up (tiers in the module docstring)."""
     by_index = _index_bijection(fused_side, groups)
+    lookup = _GroupIndex(groups)
     out: list[tuple[_Fused, _Group]] = []
     for fused in fused_side:
-        fitting = [g for g in groups if g.leaf == fused.leaf and _roles_fit(g, fused)]
         tiers = (
-            [g for g in fitting if g.module == fused.module],
-            [g for g in fitting if fused.module and g.module and _aligned(g.module, fused.module)],
-            [g for g in fitting if fused.kind in by_index and _indices(g.module) == _indices(fused.module)],
+            lookup.equal(fused.module),
+            lookup.aligned(fused.module) if fused.module else (),
+            lookup.same_indices(fused.module) if fused.kind in by_index else (),
         )
-        found = next((t for t in tiers if t), [])
+        fitting = ([g for g in tier if g.leaf == fused.leaf and _roles_fit(g, fused)] for tier in tiers)
+        found = next((t for t in fitting if t), [])
         if len(found) == 1:
             out.append((fused, found[0]))
         elif found:
@@ -308,6 +309,51 @@ def _pairs(
     return [(f, g) for f, g in out if len(rivals[id(g)]) == 1]
 
 
+class _GroupIndex:
+    """The groups by module path, by path suffix and by container indices, each lookup in group order.
+
+    One lookup per fused key, never a scan of every group: a model with a
+    thousand attention layers pairs in linear time.
+    """
+
+    def __init__(self, groups: Sequence[_Group]) -> None:
+        self.groups = groups
+        self.by_module: dict[str, list[int]] = defaultdict(list)
+        self.by_suffix: dict[str, list[int]] = defaultdict(list)  # x -> groups whose module ends with "." + x
+        self.by_indices: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, g in enumerate(groups):
+            self.by_module[g.module].append(i)
+            self.by_indices[_indices(g.module)].append(i)
+            for x in _proper_suffixes(g.module):
+                self.by_suffix[x].append(i)
+
+    def _pick(self, indices: Iterable[int]) -> list[_Group]:
+        return [self.groups[i] for i in sorted(set(indices))]
+
+    def equal(self, module: str) -> list[_Group]:
+        return self._pick(self.by_module.get(module, ()))
+
+    def aligned(self, module: str) -> list[_Group]:
+        """Groups under a non-empty path equal to ``module``, or equal after a wrapper prefix on one side."""
+        hits = [*self.by_module.get(module, ()), *self.by_suffix.get(module, ())]
+        for x in _proper_suffixes(module):
+            hits += self.by_module.get(x, ())
+        return [g for g in self._pick(hits) if g.module]
+
+    def same_indices(self, module: str) -> list[_Group]:
+        return self._pick(self.by_indices.get(_indices(module), ()))
+
+
+def _proper_suffixes(path: str) -> list[str]:
+    """``"a.b.c"`` -> ``["b.c", "c"]``: what ``path`` ends with after a dot."""
+    out = []
+    dot = path.find(".")
+    while dot >= 0:
+        out.append(path[dot + 1 :])
+        dot = path.find(".", dot + 1)
+    return out
+
+
 def _roles_fit(group: _Group, fused: _Fused) -> bool:
     """The group's roles are the fused roles, or a subset of two or more (a part is missing)."""
     return group.roles <= set(fused.roles) and (group.roles == set(fused.roles) or len(group.roles) >= 2)
@@ -326,11 +372,6 @@ def _index_bijection(fused_side: list[_Fused], groups: list[_Group]) -> set[tupl
 
 def _indices(module: str) -> tuple[int, ...]:
     return numeric_components(module) if module else ()
-
-
-def _aligned(a: str, b: str) -> bool:
-    """Module paths equal, or equal after a wrapper prefix on one side."""
-    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 def _problem(fused: _Fused, group: _Group, ctx: MatchContext, *, fused_is_target: bool) -> str:

@@ -86,15 +86,21 @@ def _meaningful(suffix: tuple[str, ...]) -> bool:
     return len(suffix) >= 2 and any(not is_generic(c) for c in suffix[:-1])
 
 
-def _suffix_index(keys: list[str]) -> dict[tuple[str, ...], list[str]]:
-    """Every meaningful trailing run of components -> the keys that end with it."""
-    index: dict[tuple[str, ...], list[str]] = defaultdict(list)
+def _suffix_index(keys: list[str]) -> dict[tuple[tuple[str, ...], tuple[int, ...]], list[str]]:
+    """(meaningful trailing run of components, the key's numbers) -> the keys that end with it, in order.
+
+    The numbers are part of the index key because a candidate must hold the
+    same numeric components as the target: one lookup per suffix, never a scan
+    of every key that shares it (``experts.0.w1.weight`` ends a key in every layer).
+    """
+    index: dict[tuple[tuple[str, ...], tuple[int, ...]], list[str]] = defaultdict(list)
     for key in keys:
         parts = tuple(key.split("."))
+        numbers = numeric_components(key)
         for k in range(2, len(parts) + 1):
             suffix = parts[-k:]
             if _meaningful(suffix):
-                index[suffix].append(key)
+                index[(suffix, numbers)].append(key)
     return index
 
 
@@ -131,7 +137,7 @@ def match_suffix(ctx: MatchContext) -> StrategyResult:
         shortest = max([2] + [len(parts) - i for i, c in enumerate(parts) if c.isdigit()])
         candidates: list[str] = []
         for k in range(len(parts), shortest - 1, -1):
-            candidates = [s for s in index.get(parts[-k:], ()) if numeric_components(s) == numbers]
+            candidates = index.get((parts[-k:], numbers), [])
             if candidates:
                 break
         absent = renames.absent_counterpart(target)

@@ -6,6 +6,7 @@ built on the meta device too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class TargetTensor:
 
     @property
     def numel(self) -> int:
-        return self.meta.numel
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,14 @@ class TargetSpec:
         tensors: dict[str, TargetTensor] = {}
         aliases: dict[str, str] = {}
         seen: dict[Hashable, str] = {}
-        extra: list[str] = []
+        extra: dict[str, None] = {}  # module paths, in order (a dict: one lookup per module)
         for mod_path, mod in module.named_modules(remove_duplicate=False):
+            if type(mod).set_extra_state is not nn.Module.set_extra_state:
+                extra[mod_path] = None
+            if not mod._parameters and not mod._buffers:
+                continue  # a container: nothing of its own
             prefix = f"{mod_path}." if mod_path else ""
             _check_not_lazy(mod_path, mod)
-            if type(mod).set_extra_state is not nn.Module.set_extra_state and mod_path not in extra:
-                extra.append(mod_path)
             non_persistent = getattr(mod, "_non_persistent_buffers_set", set())
             entries = [(n, t, False) for n, t in mod._parameters.items()]
             entries += [(n, t, True) for n, t in mod._buffers.items() if n not in non_persistent]
