@@ -175,6 +175,27 @@ def test_cell_stacks_without_a_direction_pair_are_not_merged():
     assert heads == {"recurrent stack disagrees with 'rnn' (directions 2 vs 1)"}
 
 
+class OneCell(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm_cell = nn.LSTMCell(IN, HID)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state, outs = None, []
+        for t in range(x.shape[1]):
+            state = self.lstm_cell(x[:, t], state)
+            outs.append(state[0])
+        return torch.stack(outs, 1)
+
+
+def test_a_lone_cell_and_a_single_layer_lstm_map_into_each_other():
+    report = _transfer(OneCell(), Multi(nn.LSTM, layers=1))
+    assert report.mapping == {f"rnn.{k}_l0": f"lstm_cell.{k}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    assert _strategies(report) == {"recurrent"}
+    back = _transfer(Multi(nn.LSTM, layers=1), OneCell())
+    assert back.mapping == {s: t for t, s in report.mapping.items()}
+
+
 def test_cells_and_per_layer_modules_map_into_each_other():
     report = _transfer(Cells(nn.GRU), PerLayer(nn.GRU))
     assert report.mapping["layers.2.weight_ih_l0"] == "cells.2.weight_ih"

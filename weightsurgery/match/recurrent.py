@@ -11,7 +11,8 @@ themselves hold the same tensors in other names. This strategy knows three
 * ``layers``: one single-layer module per layer, the layer index being the
   last numeric component of its path (``layers.1.weight_ih_l0``);
 * ``cells``: one ``LSTMCell`` / ``GRUCell`` / ``RNNCell`` per layer
-  (``cells.1.weight_ih``); a cell has one direction and no projection.
+  (``cells.1.weight_ih``), or one cell alone (``lstm_cell.weight_ih``, a
+  stack of one layer); a cell has one direction and no projection.
 
 Two one-direction ``layers`` or ``cells`` stacks whose paths differ only by a
 direction word (``fwd_cells`` / ``bwd_cells``, ``forward`` / ``backward``,

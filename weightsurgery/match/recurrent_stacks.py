@@ -151,8 +151,8 @@ def _stacks(
         if (layout == "cells" or n == 1) and index is not None:
             template = ".".join("*" if i == index[0] else c for i, c in enumerate(module.split(".")))
             singles[(template, layout)][index[1]] = (module, layers)
-        elif layout == "multi":
-            stacks.append(_make(module, "multi", layers, shapes, gates, [module]))
+        else:  # a multi-layer module, or a lone cell outside any list: a stack of one layer
+            stacks.append(_make(module, layout, layers, shapes, gates, [module]))
     for (template, layout), members in singles.items():
         if sorted(members) != list(range(len(members))):
             continue  # not a list from 0: not a stack this strategy can be sure of
