@@ -76,3 +76,6 @@ def test_incorrect_shapes_lists_what_a_shape_mismatch_left_to_init_as_fvcore_doe
     adapted = transfer(src, dst, seed=0, on_mismatch="adapt", dry_run=True)
     assert adapted.adapted == ["0.weight"]  # input channels adapted: no longer an incorrect shape
     assert [k for k, _, _ in adapted.incorrect_shapes] == ["2.weight", "2.bias"]
+    assert json.loads(report.to_json())["incorrect_shapes"] == [
+        ["0.weight", [8, 1, 3, 3], [8, 3, 3, 3]], ["2.weight", [10, 8], [1000, 8]], ["2.bias", [10], [1000]],
+    ]

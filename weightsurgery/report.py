@@ -296,6 +296,7 @@ class Report:
             "unused": list(self.unused),
             "missing_keys": self.missing_keys,
             "unexpected_keys": self.unexpected_keys,
+            "incorrect_shapes": [[k, list(t), list(s)] for k, t, s in self.incorrect_shapes],
             "frozen": list(self.frozen),
             "extra_state": dict(self.extra_state),
             "warnings": list(self.warnings),
