@@ -175,13 +175,16 @@ def test_an_overlapping_leftover_that_would_be_overwritten_is_a_conflict() -> No
     assert torch.equal(target.full, torch.zeros(3, 2))
 
 
-def test_two_parameters_over_the_same_view_are_tied() -> None:
-    class SameView(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            base = torch.zeros(2, 2)
-            self.a, self.b = nn.Parameter(base), nn.Parameter(base)
+class SameView(nn.Module):
+    """Two parameters over one view of one tensor, not tied by identity."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        base = torch.zeros(2, 2)
+        self.a, self.b = nn.Parameter(base), nn.Parameter(base)
+
+
+def test_two_parameters_over_the_same_view_are_tied() -> None:
     target = SameView()
     src = torch.arange(4.0).reshape(2, 2)
     report = transfer({"a": src, "b": src + 10}, target)
@@ -210,3 +213,13 @@ def test_shifting_a_state_dict_view_of_the_target() -> None:
     assert report.mapping == explicit
     for tgt, src in explicit.items():
         assert torch.equal(model.state_dict()[tgt], before[src]), tgt
+
+
+def test_two_parameters_over_one_meta_view_stay_one_tensor_when_materialized() -> None:
+    with torch.device("meta"):
+        target = SameView()
+    src = torch.arange(4.0).reshape(2, 2)
+    report = transfer({"a": src}, target)
+    assert report.records["b"].status == "tied" and report.missing_keys == []
+    assert target.a is not target.b and target.a.data_ptr() == target.b.data_ptr()  # two objects, one view
+    assert torch.equal(target.b, src)

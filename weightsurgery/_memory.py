@@ -3,7 +3,8 @@
 * **A source that aliases the target** (``transfer(model, model, rename=...)``):
   a staged tensor that is a view of target memory would change under the
   commit before it is copied, so apply stages a private copy
-  (:func:`aliases_target`).
+  (:func:`aliases_target`), found by address range, so a state dict of the
+  model's own views counts too.
 * **Target tensors that overlap** (two parameters that are views of one
   tensor, not tied by identity): copying them one after the other keeps only
   the last write. :func:`check_overlaps` replays the commit on a copy of the
@@ -14,32 +15,43 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 
 import torch
 
 from weightsurgery.errors import SharedMemoryConflictError
 from weightsurgery.match.plan import Action, Plan
-from weightsurgery.sources.shared import overlapping
+from weightsurgery.sources.shared import memory_extent, overlapping
 
-__all__ = ["aliases_target", "check_overlaps", "target_storages"]
+__all__ = ["aliases_target", "check_overlaps", "target_memory"]
 
 
-def target_storages(current: Mapping[str, torch.Tensor]) -> frozenset[tuple[str, int]]:
-    """The memory blocks the target's materialized tensors live in (empty storage excluded).
+def target_memory(current: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
+    """The memory the target's materialized tensors cover: sorted, disjoint ``(device, start, end)`` extents.
 
     Example:
         >>> import torch
         >>> w = torch.ones(2)
-        >>> aliases_target(w[1:], target_storages({"w": w})), aliases_target(w.clone(), target_storages({"w": w}))
+        >>> aliases_target(w[1:], target_memory({"w": w})), aliases_target(w.clone(), target_memory({"w": w}))
         (True, False)
     """
-    return frozenset(_where(t) for t in current.values() if not t.is_meta and t.untyped_storage().nbytes())
+    merged: list[tuple[str, int, int]] = []
+    for device, start, end in sorted(e for t in current.values() if (e := memory_extent(t)) is not None):
+        if merged and merged[-1][0] == device and start < merged[-1][2]:
+            merged[-1] = (device, merged[-1][1], max(end, merged[-1][2]))
+        else:
+            merged.append((device, start, end))
+    return merged
 
 
-def aliases_target(tensor: torch.Tensor, storages: frozenset[tuple[str, int]]) -> bool:
-    """Whether ``tensor`` shares memory with the target (see :func:`target_storages`)."""
-    return bool(storages) and not tensor.is_meta and _where(tensor) in storages
+def aliases_target(tensor: torch.Tensor, memory: list[tuple[str, int, int]]) -> bool:
+    """Whether ``tensor``'s memory overlaps the target's (:func:`target_memory`)."""
+    mine = memory_extent(tensor) if memory else None
+    if mine is None:
+        return False
+    i = bisect.bisect_left(memory, (mine[0], mine[2]))  # extents before i start before our end
+    return i > 0 and memory[i - 1][0] == mine[0] and memory[i - 1][2] > mine[1]
 
 
 def check_overlaps(current: Mapping[str, torch.Tensor], staged: Mapping[str, torch.Tensor], plan: Plan) -> None:

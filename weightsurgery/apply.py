@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from weightsurgery._memory import aliases_target, check_overlaps, target_storages
+from weightsurgery._memory import aliases_target, check_overlaps, target_memory
 from weightsurgery.errors import PlanError
 from weightsurgery.extra_state import extra_state_plan, set_extra_states, stage_extra_states
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import Checkpoint
+from weightsurgery.sources.shared import tensor_identity
 
 __all__ = ["ApplyResult", "apply_plan", "complete_plan", "validate_plan"]
 
@@ -155,7 +156,7 @@ def apply_plan(
     fills = _fills(module, target, copies, init_rules, seed)
     staged: dict[str, torch.Tensor] = {}
     casts: dict[str, tuple[str, str]] = {}
-    memory = frozenset() if checkpoint.owned else target_storages(current)  # a source that is the target
+    memory = [] if checkpoint.owned else target_memory(current)  # a source that is the target
     for i, e in enumerate(copies):
         dst = current[e.target]
         tensor, sources = _read(checkpoint, e, target, fills.tensors.get(e.target))
@@ -239,27 +240,34 @@ def _current_tensors(module: nn.Module, target: TargetSpec) -> dict[str, torch.T
 def _commit(
     module: nn.Module, target: TargetSpec, current: Mapping[str, torch.Tensor], staged: Mapping[str, torch.Tensor]
 ) -> None:
-    """Write staged tensors: in place where the target is materialized, by assignment on ``meta``."""
-    owners: dict[int, list[tuple[nn.Module, str, bool]]] = defaultdict(list)
+    """Write staged tensors: in place where the target is materialized, by assignment on ``meta``.
+
+    On ``meta``, every slot that held the same tensor (tied by identity, or two
+    parameters over one view: :func:`~weightsurgery.sources.shared.tensor_identity`)
+    gets the same new data; each original object becomes one new object, so
+    ties stay ties and views stay views.
+    """
+    owners: dict[Hashable, list[tuple[nn.Module, str, bool, torch.Tensor]]] = defaultdict(list)
     if any(current[k].is_meta for k in staged):
         for mod in module.modules():
             for name, p in mod._parameters.items():
                 if p is not None and p.is_meta:
-                    owners[id(p)].append((mod, name, False))
+                    owners[tensor_identity(p)].append((mod, name, False, p))
             for name, b in mod._buffers.items():
                 if b is not None and b.is_meta:
-                    owners[id(b)].append((mod, name, True))
+                    owners[tensor_identity(b)].append((mod, name, True, b))
     with torch.no_grad():
         for key, value in staged.items():
             dst = current[key]
             if not dst.is_meta:
                 dst.copy_(value)
                 continue
-            new: torch.Tensor = value
-            if isinstance(dst, nn.Parameter):
-                new = nn.Parameter(value, requires_grad=dst.requires_grad)
-            for mod, name, is_buffer in owners[id(dst)]:
-                (mod._buffers if is_buffer else mod._parameters)[name] = new
+            made: dict[int, torch.Tensor] = {}
+            for mod, name, is_buffer, old in owners[tensor_identity(dst)]:
+                if id(old) not in made:
+                    keep = isinstance(old, nn.Parameter)
+                    made[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if keep else value
+                (mod._buffers if is_buffer else mod._parameters)[name] = made[id(old)]
 
 
 def _freeze(module: nn.Module, target: TargetSpec, keys: list[str]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "alias_map",
+    "memory_extent",
     "metadata_aliases",
     "overlapping",
     "same_view",
@@ -32,7 +33,10 @@ __all__ = [
 
 
 def tensor_identity(t: torch.Tensor) -> Hashable:
-    """Equal for two tensors exactly when they share one tensor (:func:`same_view`, or the same meta object).
+    """Equal for two tensors exactly when they share one tensor (:func:`same_view`).
+
+    Meta tensors hold no data, but views of one meta tensor share its storage
+    object: two parameters a constructor made over one tensor stay one on meta.
 
     Example:
         >>> import torch
@@ -41,7 +45,11 @@ def tensor_identity(t: torch.Tensor) -> Hashable:
         (True, False)
     """
     key = _view_key(t)
-    return ("id", id(t)) if key is None else key
+    if key is not None:
+        return key
+    if t.is_meta and t.layout is torch.strided:  # no data, but a storage that views share (a factory on meta)
+        return ("meta", t.untyped_storage()._cdata, t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
+    return ("id", id(t))
 
 
 def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -59,7 +67,7 @@ def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 def shared_groups(tensors: Mapping[str, Any]) -> list[list[str]]:
     """Groups of names that share one tensor (see the module docstring), each of two names or more.
 
-    Meta tensors and tensors without storage are compared by identity only.
+    Tensors without data are compared by storage object (meta) or identity.
     Entries that are not tensors are skipped.
 
     Example:
@@ -137,40 +145,53 @@ def overlapping(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
         >>> overlapping({"w": w, "first": w[0], "tail": w[2:], "same": w.view(4, 2), "mid": w[1]})
         [('w', 'first'), ('w', 'tail'), ('w', 'mid'), ('first', 'same'), ('tail', 'same'), ('same', 'mid')]
     """
-    by_storage: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
-    for name, t in tensors.items():
-        if _view_key(t) is None or t.numel() == 0:
-            continue
-        start = t.storage_offset() * t.element_size()
-        last = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-        end = (last + 1) * t.element_size()
-        by_storage.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append((start, end, name))
     order = {name: i for i, name in enumerate(tensors)}
+    extents = sorted(
+        (e[0], e[1], e[2], name) for name, t in tensors.items() if (e := memory_extent(t)) is not None
+    )
     pairs: list[tuple[str, str]] = []
-    for extents in by_storage.values():
-        extents.sort()
-        for i, (_, end, a) in enumerate(extents):
-            for start_b, _, b in extents[i + 1 :]:
-                if start_b >= end:
-                    break
-                if not same_view(tensors[a], tensors[b]):
-                    pairs.append((a, b) if order[a] < order[b] else (b, a))
+    for i, (device, _, end, a) in enumerate(extents):
+        j = i + 1
+        while j < len(extents) and extents[j][0] == device and extents[j][1] < end:  # no slice: O(n) when disjoint
+            b = extents[j][3]
+            if not same_view(tensors[a], tensors[b]):
+                pairs.append((a, b) if order[a] < order[b] else (b, a))
+            j += 1
     return sorted(pairs, key=lambda p: (order[p[0]], order[p[1]]))
 
 
+def memory_extent(t: torch.Tensor) -> tuple[str, int, int] | None:
+    """``(device, first byte, one past the last byte)`` a tensor can touch; ``None`` without data.
+
+    Live allocations never overlap, so two tensors whose extents overlap view one block of memory.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(4, dtype=torch.float32)
+        >>> start, end = memory_extent(w)[1:]
+        >>> end - start, memory_extent(w[2:])[1] - start
+        (16, 8)
+    """
+    if _view_key(t) is None:
+        return None
+    last = 0
+    for n, stride in zip(t.shape, t.stride()):
+        last += (n - 1) * stride
+    start = t.data_ptr()
+    return str(t.device), start, start + (last + 1) * t.element_size()
+
+
 def _view_key(t: torch.Tensor) -> tuple[object, ...] | None:
-    """What identifies a view of real memory; ``None`` for meta tensors and empty storage."""
-    if t.is_meta or not _has_storage(t):
-        return None
-    storage = t.untyped_storage()
-    if storage.nbytes() == 0:
-        return None
-    return (str(t.device), storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+    """What identifies a view of real memory; ``None`` for meta tensors and tensors without data.
 
-
-def _has_storage(t: torch.Tensor) -> bool:
+    ``data_ptr()`` is the storage's address plus the offset, so with the
+    dtype, shape and strides it pins the view down (and costs far less than
+    asking for the storage).
+    """
+    if t.is_meta or t.layout is not torch.strided or t.numel() == 0:
+        return None
     try:
-        t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse, some tensor subclasses
-        return False
-    return True
+        ptr = t.data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without plain storage
+        return None
+    return (t.device, ptr, t.dtype, tuple(t.shape), t.stride())
