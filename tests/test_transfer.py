@@ -41,8 +41,11 @@ def test_issue_example_lightning_checkpoint_into_timm_resnet18(tmp_path) -> None
     path = tmp_path / "epoch=9.ckpt"
     torch.save(ckpt, path)
     model = timm.create_model("resnet18", num_classes=10)
+    head = {k: v.clone() for k, v in model.fc.state_dict().items()}
     report = transfer(path, model, seed=0)
-    assert sorted(report.initialized) == ["fc.bias", "fc.weight"]
+    assert sorted(report.kept) == ["fc.bias", "fc.weight"] == sorted(report.missing_keys)
+    assert report.initialized == []
+    assert all(torch.equal(getattr(model.fc, k), v) for k, v in head.items()), "the constructor's head is kept"
     assert len(report.mapping) == len(model.state_dict()) - 2
     assert set(report.unused) == {"model.fc.weight", "model.fc.bias"}
     assert report.origin.container == ("state_dict",)
@@ -50,7 +53,7 @@ def test_issue_example_lightning_checkpoint_into_timm_resnet18(tmp_path) -> None
         if not k.startswith("fc."):
             assert torch.equal(v, pretrained.state_dict()[k]), k
     text = str(report)
-    assert "initialized (2)" in text and "fc.{weight,bias}" in text
+    assert "kept (2)" in text and "constructor  fc.{weight,bias}  (shape mismatch)" in text
     assert "stripped 'model.'" in text
 
 
@@ -90,21 +93,31 @@ def test_failing_init_leaves_target_unchanged() -> None:
 def test_a_loaded_weight_keeps_its_value_when_its_bias_is_initialized() -> None:
     src = nn.Linear(3, 5)
     target = nn.Linear(3, 5)
-    report = transfer({"weight": src.weight.detach()}, target, seed=1)
+    bias = target.bias.detach().clone()
+    report = transfer({"weight": src.weight.detach()}, target, init="reset", seed=1)
     assert torch.equal(target.weight, src.weight)
-    assert report.initialized == ["bias"]
-    assert report.records["bias"].init_spec is not None
+    assert report.initialized == ["bias"] and report.kept == []
+    assert report.records["bias"].init_spec == "reset" and report.records["bias"].init_rule == "*"
+    assert not torch.equal(target.bias, bias)
+    assert float(target.bias.detach().abs().max()) <= 1 / 3**0.5
 
 
-def test_unloaded_buffers_are_reset_to_module_defaults() -> None:
+@pytest.mark.filterwarnings("ignore:only .* of the target's parameters")
+def test_unloaded_buffers_keep_their_values_unless_a_rule_names_them() -> None:
     target = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
     with torch.no_grad():
         target[1].running_mean.fill_(7.0)
         target[1].running_var.fill_(9.0)
     src = nn.Linear(2, 3)
-    transfer({"0.weight": src.weight.detach(), "0.bias": src.bias.detach()}, target, seed=0)
+    sd = {"0.weight": src.weight.detach(), "0.bias": src.bias.detach()}
+    report = transfer(sd, target, init="reset", seed=0)
+    assert torch.equal(target[1].running_mean, torch.full((3,), 7.0)), "a '*' rule passes buffers by"
+    assert report.records["1.running_mean"].status == "kept"
+    assert report.records["1.weight"].status == "initialized"
+    report = transfer(sd, target, init={"1.running_*": "reset"}, seed=0)
     assert torch.equal(target[1].running_mean, torch.zeros(3))
     assert torch.equal(target[1].running_var, torch.ones(3))
+    assert report.records["1.running_var"].init_rule == "1.running_*"
 
 
 def test_dry_run_touches_nothing_and_still_reports_init_specs() -> None:
@@ -267,7 +280,15 @@ def test_report_agrees_with_torch_meaning_and_json() -> None:
     assert unexpected == ["1.weight", "1.bias"] == report.unexpected_keys
     data = json.loads(report.to_json())
     assert data["mapping"] == {"0.weight": "0.weight", "0.bias": "0.bias"}
-    assert data["initialized"] == ["1.weight", "1.bias"]
+    assert data["initialized"] == [] and data["kept"] == ["1.weight", "1.bias"]
+    assert data["missing_keys"] == ["1.weight", "1.bias"]
+    assert data["records"][2] == {
+        "target": "1.weight", "status": "kept", "strategy": "exact", "init_spec": "constructor", "init_rule": "default",
+        "evidence": "shape mismatch: 1.weight (4, 3) vs source 1.weight (7, 3)", "target_shape": [4, 3],
+        "target_dtype": "float32", "source_shape": [7, 3],
+    }
+    data = json.loads(transfer(src, target, init="zeros", seed=0).to_json())
+    assert data["initialized"] == ["1.weight", "1.bias"] and data["kept"] == []
     assert data["unused"] == ["1.weight", "1.bias"]
     assert data["source"]["kind"] == "module"
 

@@ -1,7 +1,7 @@
 """Invariants of transfer() on random module trees and random key sets (hypothesis).
 
-- every target key is loaded xor initialized (tied aliases follow their key);
-- a loaded tensor equals its source;
+- every target key is loaded xor kept (tied aliases follow their key);
+- a loaded tensor equals its source, a kept one its value before the transfer;
 - the report agrees with the model.
 """
 
@@ -58,6 +58,7 @@ def test_invariants(tree: nn.Module, data: st.DataObject, prefix: str, seed: int
             t = torch.randn(*t.shape, 2)  # a different shape: must fall back to init
         source[prefix + k] = t
 
+    before = {k: v.clone() for k, v in target.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = transfer(source, target, seed=seed)
@@ -65,12 +66,15 @@ def test_invariants(tree: nn.Module, data: st.DataObject, prefix: str, seed: int
 
     statuses = {k: r.status for k, r in report.records.items()}
     assert set(statuses) == set(state)
-    assert set(report.mapping) | set(report.initialized) == set(state)
-    assert not set(report.mapping) & set(report.initialized)
+    assert report.initialized == []
+    assert set(report.mapping) | set(report.kept) == set(state) and set(report.kept) == set(report.missing_keys)
+    assert not set(report.mapping) & set(report.kept)
     for t_key, s_key in report.mapping.items():
         assert torch.equal(state[t_key], source[s_key].to(state[t_key].dtype)), t_key
+    for k in report.kept:
+        assert torch.equal(state[k], before[k]), k
     for k in reshaped:
-        assert statuses[k] == "initialized"
+        assert statuses[k] == "kept"
         assert "shape mismatch" in report.records[k].evidence
     for k in set(kept) - set(reshaped):
         assert report.mapping.get(k) == prefix + k

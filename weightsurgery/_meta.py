@@ -7,44 +7,75 @@ costs neither memory nor init time. Buffers stay real, because some of them
 and could never be recovered from ``meta``.
 
 This is the technique of accelerate's ``init_empty_weights(include_buffers=False)``:
-``Module.register_parameter`` is wrapped for the duration of the build.
+``Module.register_parameter`` is wrapped for the duration of the build. The
+wrapper also records every registration, in order, and can leave chosen ones
+real: a second build that keeps the registrations of a few leftover tensors
+real runs the constructor's own init on exactly those (see
+:class:`weightsurgery.factory.ConstructorReplay`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["params_on_meta"]
+__all__ = ["Registration", "params_on_meta"]
+
+Registration = tuple[nn.Module, str]
+"""One ``register_parameter`` call: the module and the parameter's name on it."""
 
 _lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def params_on_meta() -> Iterator[None]:
+def params_on_meta(keep: Collection[int] = ()) -> Iterator[list[Registration]]:
     """Inside this context, every parameter a module registers moves to the meta device.
 
+    Args:
+        keep: indices (in registration order) of parameters to leave real.
+
+    Yields:
+        The registrations so far, ``(module, name)`` in call order, one per
+        ``register_parameter`` call with a parameter (``None`` is not counted).
+
     Example:
-        >>> with params_on_meta():
+        >>> with params_on_meta() as registered:
         ...     bn = nn.BatchNorm1d(3)
-        >>> bn.weight.device.type, bn.running_var.device.type
-        ('meta', 'cpu')
+        >>> bn.weight.device.type, bn.running_var.device.type, [name for _, name in registered]
+        ('meta', 'cpu', ['weight', 'bias'])
+        >>> with params_on_meta(keep={1}):
+        ...     bn = nn.BatchNorm1d(3)
+        >>> bn.weight.device.type, bn.bias.tolist()
+        ('meta', [0.0, 0.0, 0.0])
     """
     original = nn.Module.register_parameter
+    registered: list[Registration] = []
+    moved: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id(real) -> (real, meta): a tie stays a tie
+    real: dict[int, nn.Parameter] = {}  # kept real; registered again (a tie), it stays real
 
     def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
         original(self, name, param)
-        if param is not None and not param.is_meta:
-            kwargs = {"requires_grad": param.requires_grad}
-            self._parameters[name] = type(param)(param.to("meta"), **kwargs)
+        if param is None:
+            return
+        index = len(registered)
+        registered.append((self, name))
+        if param.is_meta or index in keep or id(param) in real:
+            if index in keep:
+                real[id(param)] = param
+            return
+        seen = moved.get(id(param))
+        if seen is None or seen[0] is not param:
+            seen = (param, type(param)(param.to("meta"), requires_grad=param.requires_grad))
+            moved[id(param)] = seen
+        self._parameters[name] = seen[1]
 
     with _lock:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
         try:
-            yield
+            yield registered
         finally:
             nn.Module.register_parameter = original  # type: ignore[method-assign]

@@ -3,7 +3,9 @@
 1. **Validate** the whole plan against the checkpoint and the target from
    metadata. Every problem is collected and raised once, before anything is read.
 2. **Stage.** Read each source tensor, adapt it, cast it to the target's dtype
-   and device, and compute the fallback init for the leftovers. The module is
+   and device, and compute the fallback init for the leftovers (a leftover no
+   rule names keeps its constructor's values: nothing is computed for it, or
+   on a factory-built target, the constructor's values are). The module is
    not touched, so any error here (a truncated file, an adapter, an interrupt)
    leaves it bit-for-bit unchanged.
    A staged tensor that shares memory with the target (a source that is the
@@ -55,12 +57,14 @@ class ApplyResult:
             adapted key that gained rows, the spec of the new rows.
         init_rules: target key -> the rule that chose it (``"head.*"``, ``"default"``).
         frozen: parameter keys set to ``requires_grad=False``.
+        kept: leftover keys that hold their constructor's values.
     """
 
     casts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     init_specs: Mapping[str, str] = field(default_factory=dict)
     init_rules: Mapping[str, str] = field(default_factory=dict)
     frozen: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
 
 def complete_plan(plan: Plan, target: TargetSpec) -> Plan:
@@ -124,6 +128,7 @@ def apply_plan(
     seed: int | None = None,
     freeze: bool = False,
     progress: Progress | None = None,
+    constructor: Any = None,
 ) -> ApplyResult:
     """Validate, stage and commit ``plan`` into ``module``.
 
@@ -136,6 +141,8 @@ def apply_plan(
         seed: makes every initialized tensor reproducible.
         freeze: set ``requires_grad=False`` on every loaded parameter.
         progress: called as ``progress(done, total)`` while tensors are staged.
+        constructor: the constructor's values of leftovers on ``meta``
+            (:meth:`weightsurgery.factory.ConstructorReplay.values`).
 
     Returns:
         The casts made and the init spec each leftover got.
@@ -153,13 +160,15 @@ def apply_plan(
     current = _current_tensors(module, target)
     total = len(copies) + len(init_keys)
 
-    fills = _fills(module, target, copies, init_rules, seed)
+    fill_keys = _fill_keys(copies)
+    init = compute_init(module, target, [*fill_keys, *init_keys], init_rules, seed=seed, constructor=constructor,
+                        materialize=fill_keys)
     staged: dict[str, torch.Tensor] = {}
     casts: dict[str, tuple[str, str]] = {}
     memory = [] if checkpoint.owned else target_memory(current)  # a source that is the target
     for i, e in enumerate(copies):
         dst = current[e.target]
-        tensor, sources = _read(checkpoint, e, target, fills.tensors.get(e.target))
+        tensor, sources = _read(checkpoint, e, target, init.tensors.get(e.target))
         if tensor.dtype != dst.dtype:
             casts[e.target] = (str(tensor.dtype).removeprefix("torch."), str(dst.dtype).removeprefix("torch."))
         staged[e.target] = _stage(tensor, dst, sources, owned=checkpoint.owned)
@@ -167,8 +176,7 @@ def apply_plan(
             staged[e.target] = staged[e.target].clone()
         if progress is not None:
             progress(i + 1, total)
-    init = compute_init(module, target, init_keys, init_rules, seed=seed)
-    staged.update(init.tensors)
+    staged.update({k: init.tensors[k] for k in init_keys if k in init.tensors})
     if progress is not None:
         progress(total, total)
 
@@ -181,17 +189,19 @@ def apply_plan(
     if freeze:
         frozen = _freeze(module, target, [e.target for e in copies])
     logger.debug("applied %d copies, %d inits, %d casts", len(copies), len(init_keys), len(casts))
-    return ApplyResult(casts=casts, init_specs={**fills.specs, **init.specs}, init_rules={**fills.rules, **init.rules},
-                       frozen=frozen)
+    leftover = set(init_keys)
+    return ApplyResult(casts=casts, init_specs=dict(init.specs), init_rules=dict(init.rules), frozen=frozen,
+                       kept=tuple(k for k in init.kept if k in leftover))
 
 
-def _fills(module: nn.Module, target: TargetSpec, copies: list[PlanEntry], init_rules: Any, seed: int | None) -> Any:
-    """The fallback init of adapted keys that gain new rows (a grown head, a grown vocabulary)."""
+def _fill_keys(copies: list[PlanEntry]) -> list[str]:
+    """Adapted keys that gain new rows (a grown head, a grown vocabulary): the fallback init fills them.
+
+    New rows no rule names keep the constructor's values, as a whole leftover does.
+    """
     from weightsurgery.adapt import get_adapter
-    from weightsurgery.init import compute_init
 
-    keys = [e.target for e in copies if e.action is Action.ADAPT and get_adapter(e.adapter or "").needs_fill(e.adapter_args)]
-    return compute_init(module, target, keys, init_rules, seed=seed)
+    return [e.target for e in copies if e.action is Action.ADAPT and get_adapter(e.adapter or "").needs_fill(e.adapter_args)]
 
 
 def _read(

@@ -7,6 +7,11 @@ materializes only what it fills. Buffers stay real (see
 ``meta`` (computed from a parameter's device), or whose constructor reads a
 parameter's value (``.item()``, ``.tolist()``), is rebuilt on the CPU.
 
+A constructor's init never runs on ``meta``. :func:`build` therefore also
+returns a :class:`ConstructorReplay`: the leftovers of a transfer get the
+values the constructor gives them by building once more with only their
+parameters real (see :mod:`weightsurgery.init`).
+
 The spec forms, in the order they are tried:
 
 1. a callable (a class or a function returning an ``nn.Module``), called with the kwargs;
@@ -23,16 +28,17 @@ import ast
 import difflib
 import importlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from weightsurgery._meta import params_on_meta
+from weightsurgery._meta import Registration, params_on_meta
 from weightsurgery.errors import TargetError
 
-__all__ = ["build_target", "parse_kwargs"]
+__all__ = ["BuiltTarget", "ConstructorReplay", "build", "build_target", "parse_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +74,151 @@ def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, 
         ...
         weightsurgery.errors.TargetError: torchvision has no model 'resnet1'; closest: resnet18, resnet152, resnet101, resnet50, resnet34
     """
+    return build(spec, meta=meta, **kwargs).model
+
+
+@dataclass(frozen=True)
+class ConstructorReplay:
+    """Gives chosen parameters of a meta-built model the values its constructor gives them.
+
+    The constructor runs again with :func:`~weightsurgery._meta.params_on_meta`
+    leaving real only the registrations that became those parameters in the
+    first build. Whatever the constructor does to them then really happens:
+    ``reset_parameters()``, ``nn.init.normal_(self.fc2.weight, std=0.01)``,
+    ``self.apply(my_init)``, ``nn.Parameter(torch.ones(4))``, timm's
+    ``init_weights``, transformers' ``post_init``. Every other parameter
+    stays on ``meta``, so only the chosen ones cost init. If the second build
+    does not line up with the first (a constructor that registers differently
+    from run to run, or whose init reads a parameter left on ``meta``), the
+    model is built once for real on the CPU instead, with a log line.
+
+    Attributes:
+        factory: the callable that built the model, with ``kwargs``.
+        label: how messages name it.
+        kwargs: the keyword arguments it was called with.
+        keys: per registration (in call order), every state-dict key that parameter ended up under.
+        signature: key -> (shape, dtype) of every parameter of the first build.
+
+    Example:
+        >>> def net() -> nn.Module:
+        ...     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        ...     nn.init.constant_(model[1].bias, 0.5)
+        ...     return model
+        >>> built = build(net)
+        >>> built.model[1].bias.is_meta
+        True
+        >>> built.replay.values(["1.bias"], seed=0)["1.bias"].tolist()
+        [0.5, 0.5]
+    """
+
+    factory: Callable[..., Any]
+    label: str
+    kwargs: dict[str, Any]
+    keys: tuple[tuple[str, ...], ...]
+    signature: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(repr=False)
+
+    @classmethod
+    def record(
+        cls, factory: Callable[..., Any], label: str, kwargs: dict[str, Any], model: nn.Module,
+        registered: list[Registration],
+    ) -> ConstructorReplay:
+        """Remember how ``model`` was built: which registration became which key."""
+        paths: dict[int, list[str]] = {}
+        for path, mod in model.named_modules(remove_duplicate=False):
+            paths.setdefault(id(mod), []).append(f"{path}." if path else "")
+        keys = tuple(
+            tuple(f"{prefix}{name}" for prefix in paths.get(id(mod), ()) if mod._parameters.get(name) is not None)
+            for mod, name in registered
+        )
+        signature = {k: (tuple(p.shape), p.dtype) for k, p in model.named_parameters(remove_duplicate=False)}
+        return cls(factory, label, dict(kwargs), keys, signature)
+
+    def values(self, keys: Collection[str], *, seed: int) -> dict[str, torch.Tensor]:
+        """The constructor's values of the parameters ``keys``, as new CPU tensors.
+
+        Args:
+            keys: parameter keys of the first build.
+            seed: seeds the CPU RNG the constructor draws from (global RNG state is left as it was).
+
+        Returns:
+            key -> tensor, for every key.
+
+        Raises:
+            TargetError: a key is not a parameter of the model, or the model
+                could not be built again.
+        """
+        wanted = set(keys)
+        unknown = sorted(wanted - set(self.signature))
+        if unknown:
+            raise TargetError(f"{self.label}: {', '.join(unknown)} are not parameters of the model it builds")
+        keep = {i for i, names in enumerate(self.keys) if wanted.intersection(names)}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                with params_on_meta(keep) as registered:
+                    model = _call(self.factory, self.label, self.kwargs, on_meta=True)
+            out = self._take(model, wanted, registrations=len(registered))
+        except (TargetError, NotImplementedError, RuntimeError) as exc:
+            out, reason = None, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "its second build registers its parameters differently"
+        if out is not None:
+            return out
+        logger.info("%s: building it on the CPU for the constructor's values of %d tensor(s) (%s)",
+                    self.label, len(wanted), reason)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            model = _call(self.factory, self.label, self.kwargs)
+        out = self._take(model, wanted, registrations=None)
+        if out is None:
+            raise TargetError(f"{self.label}: built on the CPU, its parameters differ from the first build")
+        return out
+
+    def _take(self, model: nn.Module, wanted: set[str], *, registrations: int | None) -> dict[str, torch.Tensor] | None:
+        if registrations is not None and registrations != len(self.keys):
+            return None
+        params = dict(model.named_parameters(remove_duplicate=False))
+        if {k: (tuple(p.shape), p.dtype) for k, p in params.items()} != self.signature:
+            return None
+        if any(params[k].is_meta for k in wanted):
+            return None
+        out = {}
+        for k in wanted:
+            t = params[k].detach()
+            whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            out[k] = t if whole else t.clone(memory_format=torch.contiguous_format)
+        return out
+
+
+@dataclass(frozen=True)
+class BuiltTarget:
+    """A model built from a factory, and how to get its constructor's values.
+
+    Attributes:
+        model: the model.
+        replay: how to get the constructor's values of parameters left on
+            ``meta``; ``None`` when the model was built for real (its
+            parameters already hold them).
+    """
+
+    model: nn.Module
+    replay: ConstructorReplay | None = None
+
+
+def build(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, **kwargs: Any) -> BuiltTarget:
+    """:func:`build_target`, with the :class:`ConstructorReplay` of a model built on ``meta``.
+
+    Example:
+        >>> built = build(nn.Linear, in_features=2, out_features=3)
+        >>> built.model.weight.is_meta, built.replay.keys
+        (True, (('weight',), ('bias',)))
+        >>> build(nn.Linear, meta=False, in_features=2, out_features=3).replay is None
+        True
+    """
     factory, label = _factory_for(spec)
     if meta:
         try:
-            with params_on_meta():
+            with params_on_meta() as registered:
                 model = _call(factory, label, kwargs, on_meta=True)
         except (NotImplementedError, RuntimeError) as exc:
             if "meta" not in str(exc):
@@ -80,12 +227,12 @@ def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, 
         else:
             stuck = [name for name, b in model.named_buffers() if b.is_meta]
             if not stuck:
-                return model
+                return BuiltTarget(model, ConstructorReplay.record(factory, label, kwargs, model, registered))
             logger.info(
                 "%s computes buffers from its parameters' device (%s); building it on the CPU instead",
                 label, ", ".join(stuck[:3]),
             )
-    return _call(factory, label, kwargs)
+    return BuiltTarget(_call(factory, label, kwargs))
 
 
 def parse_kwargs(items: Iterable[str]) -> dict[str, Any]:

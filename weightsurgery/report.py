@@ -1,4 +1,4 @@
-"""The report: what was loaded from where and how, adapted, initialized, left unused.
+"""The report: what was loaded from where and how, adapted, initialized, kept, left unused.
 
 A :class:`Report` is built from one :class:`KeyRecord` per target key. It still
 answers torch's ``missing_keys`` / ``unexpected_keys`` (and unpacks like
@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from weightsurgery._grouping import group_keys
+from weightsurgery.init.engine import CONSTRUCTOR
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.sources.checkpoint import Origin
 
@@ -24,7 +25,7 @@ __all__ = ["IncorrectShape", "KeyRecord", "Report", "Status", "entry_loaded_nume
 #: Report attributes held as read-only mappings.
 _READ_ONLY = ("records", "extra_state")
 
-Status = Literal["loaded", "adapted", "initialized", "tied"]
+Status = Literal["loaded", "adapted", "initialized", "kept", "tied"]
 
 
 class IncorrectShape(NamedTuple):
@@ -45,7 +46,8 @@ class KeyRecord:
 
     Attributes:
         target: the target key.
-        status: ``"loaded"``, ``"adapted"``, ``"initialized"`` or ``"tied"``.
+        status: ``"loaded"``, ``"adapted"``, ``"initialized"``, ``"kept"`` (not
+            loaded; it holds the values its constructor gave it) or ``"tied"``.
         source: the source key it came from (loaded/adapted).
         sources: every source key an adapter read.
         strategy: the matching strategy (``"exact"``, ``"prefix"``, ``"structure"``...).
@@ -56,8 +58,8 @@ class KeyRecord:
         source_dtype: the source tensor's dtype, where one was read.
         adapter: the adapter applied, with ``adapter_args``.
         adapter_args: the adapter's arguments.
-        init_spec: the init spec used (``"trunc_normal(std=0.02)"``); for an
-            adapted key that gained rows (a grown head or vocabulary), the spec
+        init_spec: the init spec used (``"trunc_normal(std=0.02)"``; ``"constructor"`` for a kept
+            key); for an adapted key that gained rows (a grown head or vocabulary), the spec
             that filled the new rows.
         init_rule: the rule that chose the spec (``"head.*"``, ``"default"``).
         alias_of: for a tied key, the key it shares its tensor with.
@@ -210,6 +212,11 @@ class Report:
         return [k for k, r in self.records.items() if r.status == "initialized"]
 
     @property
+    def kept(self) -> list[str]:
+        """Target keys not loaded that hold the values their constructor gave them (no ``init=`` rule named them)."""
+        return [k for k, r in self.records.items() if r.status == "kept"]
+
+    @property
     def loaded(self) -> list[str]:
         return [k for k, r in self.records.items() if r.status == "loaded"]
 
@@ -220,7 +227,7 @@ class Report:
     @property
     def missing_keys(self) -> list[str]:
         """torch's meaning: target keys the source did not fill (tied aliases of a loaded key are not missing)."""
-        init = set(self.initialized)
+        init = set(self.initialized) | set(self.kept)
         missing = [k for k, r in self.records.items() if k in init or (r.status == "tied" and r.alias_of in init)]
         return missing + [k for k, source in self.extra_state.items() if source is None]
 
@@ -267,17 +274,17 @@ class Report:
 
     @property
     def ambiguous(self) -> list[str]:
-        """Initialized keys that a strategy refused to guess for."""
-        return [k for k in self.initialized if "ambiguous" in self.records[k].evidence]
+        """Keys left unloaded (initialized or kept) because a strategy refused to guess for them."""
+        return [k for k in self.missing_keys if "ambiguous" in self.records[k].evidence]
 
     def summary(self) -> str:
-        """One line: ``loaded 120, adapted 0, initialized 2, unused 2; coverage 99.9%``."""
+        """One line: ``loaded 120, adapted 0, initialized 0, kept 2, unused 2; coverage 99.9%``."""
         canon = self._canonical()
-        n = {s: sum(1 for r in canon if r.status == s) for s in ("loaded", "adapted", "initialized")}
+        n = {s: sum(1 for r in canon if r.status == s) for s in ("loaded", "adapted", "initialized", "kept")}
         verb = "" if self.applied else " (dry run)"
         return (
             f"{self.origin.describe()}{verb}: loaded {n['loaded']}, adapted {n['adapted']}, "
-            f"initialized {n['initialized']}, unused {len(self.unused)}; "
+            f"initialized {n['initialized']}, kept {n['kept']}, unused {len(self.unused)}; "
             f"coverage {_percent(self.coverage)} of {_human(self.num_params)} parameters"
         )
 
@@ -293,6 +300,7 @@ class Report:
             "num_loaded_params": self.num_loaded_params,
             "mapping": self.mapping,
             "initialized": self.initialized,
+            "kept": self.kept,
             "unused": list(self.unused),
             "missing_keys": self.missing_keys,
             "unexpected_keys": self.unexpected_keys,
@@ -326,6 +334,9 @@ class Report:
         init = [r for r in canon if r.status == "initialized"]
         if init:
             out.append((f"initialized ({len(init)})", rows(init, lambda r: r.init_spec or "(on apply)", _init_note)))
+        kept = [r for r in canon if r.status == "kept"]
+        if kept:
+            out.append((f"kept ({len(kept)})", rows(kept, lambda r: r.init_spec or CONSTRUCTOR, _init_note)))
         tied = [r for r in self.records.values() if r.status == "tied"]
         if tied:
             out.append((f"tied ({len(tied)})", rows(tied, lambda r: "alias", lambda r: f"of {r.alias_of}")))

@@ -80,11 +80,15 @@ def transfer(
             :class:`~weightsurgery.match.options.PlanOptions`, to build once and
             reuse; each of them is also a keyword of its own (below), and a
             keyword given with ``options`` replaces that field.
-        init: the fallback init: one spec (``"trunc_normal(std=0.02)"``, a spec
-            object, a callable) or rules ``{pattern | module type: spec}``, first
-            match wins. Default: each module's own initialization.
-        seed: makes every initialized tensor reproducible, independent of the
-            global RNG and of which other keys loaded.
+        init: re-initialize leftovers: one spec (``"trunc_normal(std=0.02)"``,
+            ``"reset"`` for the model's own init of each module, a spec object, a
+            callable) or rules ``{pattern | module type: spec}``, first match
+            wins. A leftover no rule names keeps its constructor's values
+            (torch's ``load_state_dict`` semantics); a factory target built on
+            ``meta`` gets them computed for exactly those tensors.
+        seed: seeds the inits that run (and a factory's constructor replay),
+            independent of the global RNG and of which other keys loaded. It
+            does not make leftovers re-initialize.
         recipe: a ``weightsurgery.Recipe`` or a path to one (JSON/YAML): rename,
             key map, adapt and init rules, applied before those given here.
         plan: a saved :class:`~weightsurgery.match.plan.Plan` (or its JSON path)
@@ -190,7 +194,7 @@ def _run(
     options: PlanOptions, *, plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool,
     freeze: bool, min_coverage: float | None, progress: Callable[[int, int], None] | None,
 ) -> Report:
-    module = _build(dst, target_kwargs)
+    module, replay = _build(dst, target_kwargs)
     target = TargetSpec.from_module(module)
 
     if plan is not None:
@@ -214,20 +218,22 @@ def _run(
     result = ApplyResult()
     if not dry_run:
         result = apply_plan(the_plan, checkpoint, module, target, init_rules=rules, seed=seed, freeze=freeze,
-                            progress=progress)
+                            progress=progress, constructor=replay.values if replay is not None else None)
     report = _report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes, model=module)
     logger.info("weightsurgery: %s", report.summary())
     return report
 
 
-def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> nn.Module:
+def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, Any]:
+    """The target module, and the constructor replay of a factory target built on ``meta``."""
     if isinstance(dst, nn.Module):
         if kwargs:
             raise TypeError("target_kwargs only apply when dst is a factory, not a built module")
-        return dst
-    from weightsurgery.factory import build_target
+        return dst, None
+    from weightsurgery.factory import build
 
-    return build_target(dst, meta=True, **dict(kwargs or {}))
+    built = build(dst, meta=True, **dict(kwargs or {}))
+    return built.model, built.replay
 
 
 def _merge_recipe(recipe: Any, options: PlanOptions, init: Any) -> tuple[PlanOptions, Any]:
@@ -317,17 +323,15 @@ def _report(
         t = target.tensors[target.canonical(key)]
         src_meta = checkpoint.metas.get(e.source) if e.source and e.action is not Action.INIT else None
         spec = rule = None
+        state = status[e.action]
         if e.action is Action.INIT:
-            if key in result.init_specs:
-                spec, rule = result.init_specs[key], result.init_rules.get(key)
-            else:
-                chosen, rule = rules.select(key, t.module_type, is_buffer=t.is_buffer)
-                spec = chosen.describe()
+            spec, rule, kept = _init_of(key, t, rules, result, applied=applied)
+            state = "kept" if kept else state
         elif e.action is Action.ADAPT:  # the new rows of a grown head or vocabulary
             spec, rule = _fill_of(e, t, rules, result)
         records[key] = KeyRecord(
             target=key,
-            status=status[e.action],  # type: ignore[arg-type]
+            status=state,  # type: ignore[arg-type]
             target_shape=t.shape,
             target_dtype=str(t.dtype).removeprefix("torch."),
             numel=t.numel,
@@ -372,5 +376,21 @@ def _fill_of(e: Any, t: Any, rules: Any, result: ApplyResult) -> tuple[str | Non
 
     if not get_adapter(e.adapter or "").needs_fill(e.adapter_args):
         return None, None
-    chosen, rule = rules.select(e.target, t.module_type, is_buffer=t.is_buffer)  # a dry run: what apply would use
-    return chosen.describe(), rule
+    return _predicted(e.target, t, rules)[:2]  # a dry run: what apply would use
+
+
+def _init_of(key: str, t: Any, rules: Any, result: ApplyResult, *, applied: bool) -> tuple[str, str | None, bool]:
+    """A leftover's spec, rule and whether it keeps its constructor's values (predicted for a dry run)."""
+    if applied and key in result.init_specs:
+        return result.init_specs[key], result.init_rules.get(key), key in result.kept
+    return _predicted(key, t, rules)
+
+
+def _predicted(key: str, t: Any, rules: Any) -> tuple[str, str | None, bool]:
+    """What apply would give ``key``: its spec, rule, and whether it keeps its constructor's values."""
+    from weightsurgery.init import CONSTRUCTOR, Keep
+
+    chosen, rule = rules.select(key, t.module_type, is_buffer=t.is_buffer)
+    if isinstance(chosen, Keep):
+        return CONSTRUCTOR, rule, True
+    return chosen.describe(), rule, False

@@ -54,9 +54,9 @@ def test_transfer_with_adapt_squeezes_and_keeps_the_function():
 
 
 @pytest.mark.filterwarnings("ignore:only .* of the target's parameters")
-def test_transfer_without_adapt_initializes_and_says_the_shapes():
+def test_transfer_without_adapt_leaves_the_constructors_values_and_says_the_shapes():
     report = transfer(LayerScaleC(), LayerScaleCHW(), seed=0)
-    assert set(report.initialized) == {"layer_scale", "head.weight"}
+    assert set(report.kept) == {"layer_scale", "head.weight"} and report.initialized == []
     assert "shape mismatch: layer_scale (4, 1, 1) vs source layer_scale (4" in report.records["layer_scale"].evidence
 
 

@@ -54,9 +54,9 @@ def test_head_subset_gives_the_source_logits_of_those_classes(resnet):
         torch.testing.assert_close(small(image), resnet(image)[:, [5, 1, 9]])
 
 
-def test_class_count_change_without_classes_initializes_the_head_and_says_why(resnet):
+def test_class_count_change_without_classes_keeps_the_constructors_head_and_says_why(resnet):
     report = transfer(resnet, torchvision.models.resnet18(num_classes=10), on_mismatch="adapt", seed=0)
-    assert set(report.initialized) == {"fc.weight", "fc.bias"}
+    assert set(report.kept) == {"fc.weight", "fc.bias"} and report.initialized == []
     assert "pass classes=[...] to keep a subset" in report.records["fc.weight"].evidence
 
 

@@ -15,7 +15,8 @@ def test_plan_json_and_saved_mapping(run_cli, tmp_path: Path, nested_ckpt: Path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["applied"] is False
-    assert data["initialized"] == ["head.weight", "head.bias"]
+    assert data["initialized"] == [] and data["kept"] == ["head.weight", "head.bias"]
+    assert data["missing_keys"] == ["head.weight", "head.bias"]
     assert data["unused"] == ["model.head.weight", "model.head.bias"]
     assert data["ambiguous"] == []
     assert 0.5 < data["coverage"] < 1.0
@@ -33,6 +34,14 @@ def test_plan_table_lists_every_section_with_init_specs(nested_ckpt: Path, capsy
     assert "loaded (7)" in out and "initialized (2)" in out and "unused source keys (2)" in out
     assert "zeros" in out and "ones" in out  # the spec each initialized key gets
     assert "model.head.{weight,bias}" in out
+
+
+def test_plan_table_shows_kept_leftovers_with_the_constructor(nested_ckpt: Path, capsys):
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "initialized 0, kept 2, unused 2" in out
+    kept = next(line for line in out.splitlines() if line.startswith("kept (2)"))
+    assert "constructor" in kept and "head.{weight,bias}" in kept and "initialized (" not in out
 
 
 def test_plan_quiet_prints_nothing(nested_ckpt: Path, capsys):

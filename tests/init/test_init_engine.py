@@ -1,4 +1,4 @@
-"""compute_init: seeded, out-of-place fallback init of the leftover keys."""
+"""compute_init: seeded, out-of-place fallback init of the leftover keys; what no rule names is kept."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from weightsurgery.errors import InitSpecMismatchError, PlanError
+from weightsurgery.errors import InitSpecMismatchError, PlanError, TargetError
 from weightsurgery.init import InitRules, compute_init
 from weightsurgery.init.engine import KEPT_CONSTRUCTOR_VALUES
 from weightsurgery.init.seeding import derive_seed
 from weightsurgery.match.target import TargetSpec
 
 DEFAULT = InitRules.from_user(None)
+RESET = InitRules.from_user("reset")
 
 
 class Net(nn.Module):
@@ -25,58 +26,81 @@ class Net(nn.Module):
         self.fc = nn.Linear(4, 5)
 
 
-def _init(model: nn.Module, keys: list[str], rules: InitRules = DEFAULT, seed: int | None = 0):
-    return compute_init(model, TargetSpec.from_module(model), keys, rules, seed=seed)
+def _init(model: nn.Module, keys: list[str], rules: InitRules = DEFAULT, seed: int | None = 0, **kwargs):
+    return compute_init(model, TargetSpec.from_module(model), keys, rules, seed=seed, **kwargs)
 
 
 def test_the_module_is_never_changed() -> None:
     model = Net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = _init(model, list(before), InitRules.from_user({"*.bias": "ones"}))
+    result = _init(model, list(before), InitRules.from_user({"*.bias": "ones", "re:.": "reset"}))
     assert set(result.tensors) == set(before)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not any(torch.equal(result.tensors[k], before[k]) for k in ("conv.weight", "fc.weight"))
 
 
-def test_default_runs_the_owning_modules_own_reset_on_fresh_tensors() -> None:
+def test_reset_runs_the_owning_modules_own_reset_on_fresh_tensors() -> None:
     model = Net()
-    result = _init(model, ["fc.weight", "fc.bias"], seed=5)
+    result = _init(model, ["fc.weight", "fc.bias"], RESET, seed=5)
     reference = nn.Linear(4, 5)
     torch.manual_seed(derive_seed(5, "module:fc"))
     reference.reset_parameters()
     assert torch.equal(result.tensors["fc.weight"], reference.weight.detach())
     assert torch.equal(result.tensors["fc.bias"], reference.bias.detach())
-    assert result.specs == {"fc.weight": "default", "fc.bias": "default"}
-    assert result.rules == {"fc.weight": "default", "fc.bias": "default"}
+    assert result.specs == {"fc.weight": "reset", "fc.bias": "reset"}
+    assert result.rules == {"fc.weight": "*", "fc.bias": "*"}
+    assert result.kept == ()
+
+
+def test_without_a_rule_leftovers_keep_their_values_and_nothing_is_computed() -> None:
+    model = Net()
+    state = torch.random.get_rng_state()
+    result = _init(model, ["fc.weight", "bn.running_var"], seed=None)
+    assert result.tensors == {} and result.kept == ("fc.weight", "bn.running_var")
+    assert result.specs == {"fc.weight": "constructor", "bn.running_var": "constructor"}
+    assert result.rules == {"fc.weight": "default", "bn.running_var": "default"}
+    assert torch.equal(torch.random.get_rng_state(), state), "keeping must not draw from the global RNG"
+    copied = _init(model, ["fc.weight"], materialize=["fc.weight"])
+    assert torch.equal(copied.tensors["fc.weight"], model.fc.weight)
+    assert copied.tensors["fc.weight"].data_ptr() != model.fc.weight.data_ptr()
+
+
+def test_keep_exempts_keys_from_a_broader_rule() -> None:
+    result = _init(Net(), ["fc.weight", "fc.bias"], InitRules.from_user({"fc.bias": "keep", "*": "zeros"}))
+    assert result.kept == ("fc.bias",) and result.rules["fc.bias"] == "fc.bias"
+    assert list(result.tensors) == ["fc.weight"] and result.tensors["fc.weight"].abs().sum() == 0
 
 
 def test_only_the_requested_tensor_of_a_module_is_returned() -> None:
     model = Net()
-    result = _init(model, ["fc.bias"])
+    result = _init(model, ["fc.bias"], RESET)
     assert list(result.tensors) == ["fc.bias"]
     bound = 1 / math.sqrt(4)
     assert float(result.tensors["fc.bias"].abs().max()) <= bound
 
 
-def test_unloaded_buffers_get_their_modules_defaults() -> None:
+def test_unloaded_buffers_keep_their_values_unless_a_rule_names_them() -> None:
     model = Net()
     model.bn.running_mean.fill_(3.0)
     model.bn.running_var.fill_(9.0)
     model.bn.num_batches_tracked.fill_(11)
     keys = ["bn.weight", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
-    result = _init(model, keys, InitRules.from_user("trunc_normal(std=0.02)"))
+    kept = _init(model, keys, InitRules.from_user("trunc_normal(std=0.02)"))
+    assert list(kept.tensors) == ["bn.weight"] and kept.kept == tuple(keys[1:])
+    result = _init(model, keys, InitRules.from_user({"bn.running_*": "reset", "bn.num_*": "reset",
+                                                     "*": "trunc_normal(std=0.02)"}))
     assert result.tensors["bn.running_mean"].tolist() == [0.0] * 4
     assert result.tensors["bn.running_var"].tolist() == [1.0] * 4
     assert result.tensors["bn.num_batches_tracked"].item() == 0
     assert result.tensors["bn.num_batches_tracked"].dtype == torch.int64
-    assert result.rules["bn.running_var"] == "default" and result.rules["bn.weight"] == "*"
+    assert result.rules["bn.running_var"] == "bn.running_*" and result.rules["bn.weight"] == "*"
     assert float(model.bn.running_var[0]) == 9.0
 
 
 def test_seeded_results_are_reproducible_and_ignore_global_rng() -> None:
     keys = ["conv.weight", "conv.bias", "fc.weight"]
-    rules = InitRules.from_user({"conv.*": "normal(std=0.1)"})
+    rules = InitRules.from_user({"conv.*": "normal(std=0.1)", "*": "reset"})
     torch.manual_seed(1)
     a = _init(Net(), keys, rules, seed=42)
     state = torch.random.get_rng_state()
@@ -91,7 +115,7 @@ def test_seeded_results_are_reproducible_and_ignore_global_rng() -> None:
     assert not torch.equal(a.tensors["conv.weight"], c.tensors["conv.weight"])
 
 
-@pytest.mark.parametrize("rules", [DEFAULT, InitRules.from_user("normal(std=0.1)")])
+@pytest.mark.parametrize("rules", [RESET, InitRules.from_user("normal(std=0.1)")])
 def test_a_key_does_not_depend_on_which_other_keys_are_initialized(rules: InitRules) -> None:
     model = Net()
     both = _init(model, ["fc.weight", "fc.bias", "conv.weight"], rules, seed=7)
@@ -101,25 +125,26 @@ def test_a_key_does_not_depend_on_which_other_keys_are_initialized(rules: InitRu
 
 def test_without_a_seed_torch_manual_seed_makes_it_reproducible() -> None:
     torch.manual_seed(0)
-    a = _init(Net(), ["fc.weight"], seed=None)
+    a = _init(Net(), ["fc.weight"], RESET, seed=None)
     torch.manual_seed(0)
-    b = _init(Net(), ["fc.weight"], seed=None)
+    b = _init(Net(), ["fc.weight"], RESET, seed=None)
     torch.manual_seed(1)
-    c = _init(Net(), ["fc.weight"], seed=None)
+    c = _init(Net(), ["fc.weight"], RESET, seed=None)
     assert torch.equal(a.tensors["fc.weight"], b.tensors["fc.weight"])
     assert not torch.equal(a.tensors["fc.weight"], c.tensors["fc.weight"])
 
 
-def test_meta_targets_get_cpu_tensors_of_the_target_dtype() -> None:
+def test_meta_targets_without_a_constructor_get_reset_as_cpu_tensors_of_the_target_dtype() -> None:
     with torch.device("meta"):
         model = Net().to(torch.bfloat16)
     keys = list(TargetSpec.from_module(model).tensors)
     result = _init(model, keys)
+    assert result.kept == () and set(result.specs.values()) == {"reset"}
     for key in keys:
         tensor = result.tensors[key]
         assert tensor.device.type == "cpu" and not tensor.is_meta
         assert tensor.dtype == (torch.int64 if key.endswith("num_batches_tracked") else torch.bfloat16)
-    materialized = _init(Net().to(torch.bfloat16), keys)
+    materialized = _init(Net().to(torch.bfloat16), keys, RESET)
     assert torch.equal(result.tensors["fc.weight"], materialized.tensors["fc.weight"])
 
 
@@ -134,8 +159,10 @@ class CountingLinear(nn.Linear):
 def test_a_module_resets_once_and_untouched_modules_not_at_all() -> None:
     model = nn.Sequential(CountingLinear(3, 3), CountingLinear(3, 3))
     CountingLinear.resets = 0
-    _init(model, ["1.weight", "1.bias"])
+    _init(model, ["1.weight", "1.bias"], RESET)
     assert CountingLinear.resets == 1
+    _init(model, ["1.weight", "1.bias"])
+    assert CountingLinear.resets == 1, "a kept leftover is never reset"
 
 
 class Parent(nn.Module):
@@ -154,17 +181,17 @@ class Parent(nn.Module):
 def test_a_reset_that_needs_its_children_cannot_touch_the_real_ones() -> None:
     model = Parent()
     child_before = model.child.weight.clone()
-    result = _init(model, ["scale"])
+    result = _init(model, ["scale"], RESET)
     assert result.tensors["scale"].tolist() == [1.0, 1.0, 1.0]
-    assert result.specs["scale"] == "default"
+    assert result.specs["scale"] == "reset"
     assert torch.equal(model.child.weight, child_before)
     assert model.scale.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_multihead_attention_uses_its_private_reset() -> None:
     model = nn.MultiheadAttention(8, 2)
-    result = _init(model, ["in_proj_weight", "in_proj_bias"])
-    assert result.specs == {"in_proj_weight": "default", "in_proj_bias": "default"}
+    result = _init(model, ["in_proj_weight", "in_proj_bias"], RESET)
+    assert result.specs == {"in_proj_weight": "reset", "in_proj_bias": "reset"}
     assert result.tensors["in_proj_bias"].abs().sum() == 0
     bound = math.sqrt(6 / (8 + 24))  # xavier_uniform on (24, 8)
     assert float(result.tensors["in_proj_weight"].abs().max()) <= bound
@@ -184,13 +211,15 @@ class PartialReset(NoReset):
         self.offset.data = self.offset.data
 
 
-def test_a_module_that_cannot_reset_keeps_its_constructor_values() -> None:
+def test_a_module_asked_to_reset_that_cannot_keeps_its_constructor_values() -> None:
     for cls in (NoReset, PartialReset):
         model = cls()
-        result = _init(model, ["table", "offset"])
+        result = _init(model, ["table", "offset"], RESET)
         assert result.specs == {"table": KEPT_CONSTRUCTOR_VALUES, "offset": KEPT_CONSTRUCTOR_VALUES}
-        assert torch.equal(result.tensors["table"], model.table.detach())
-        assert result.tensors["table"].data_ptr() != model.table.data_ptr()
+        assert result.kept == ("table", "offset") and result.tensors == {}
+        copied = _init(model, ["table", "offset"], RESET, materialize=["table"])
+        assert list(copied.tensors) == ["table"] and torch.equal(copied.tensors["table"], model.table.detach())
+        assert copied.tensors["table"].data_ptr() != model.table.data_ptr()
 
 
 def test_on_meta_a_module_that_cannot_reset_gets_the_documented_fallback() -> None:
@@ -220,11 +249,11 @@ def test_results_follow_the_order_of_keys_and_resolve_aliases() -> None:
     model[1].weight = model[0].weight
     target = TargetSpec.from_module(model)
     assert target.aliases == {"1.weight": "0.weight"}
-    result = compute_init(model, target, ["1.weight"], DEFAULT, seed=0)
+    result = compute_init(model, target, ["1.weight"], RESET, seed=0)
     assert list(result.tensors) == ["0.weight"]
     model2 = Net()
     order = ["fc.bias", "conv.weight", "fc.weight"]
-    assert list(_init(model2, order, InitRules.from_user({"conv.*": "zeros"})).tensors) == order
+    assert list(_init(model2, order, InitRules.from_user({"conv.*": "zeros", "*": "reset"})).tensors) == order
 
 
 def test_unknown_keys_and_misfitting_specs_raise_before_any_work() -> None:
@@ -238,3 +267,34 @@ def test_unknown_keys_and_misfitting_specs_raise_before_any_work() -> None:
 def test_a_bad_seed_is_refused() -> None:
     with pytest.raises(ValueError, match=r"seed='0' must be an int or None"):
         _init(Net(), ["fc.bias"], seed="0")  # type: ignore[arg-type]
+
+
+def test_kept_parameters_on_meta_get_the_constructors_values_from_the_replay() -> None:
+    with torch.device("meta"):
+        model = Net()
+    calls = []
+
+    def constructor(keys, *, seed):
+        calls.append((list(keys), seed))
+        return {k: torch.full(TargetSpec.from_module(model).tensors[k].shape, 0.5) for k in keys}
+
+    result = _init(model, ["fc.weight", "fc.bias", "conv.weight"], InitRules.from_user({"conv.*": "zeros"}),
+                   seed=3, constructor=constructor)
+    assert calls == [(["fc.weight", "fc.bias"], derive_seed(3, "constructor"))], "one replay for every kept key"
+    assert result.kept == ("fc.weight", "fc.bias")
+    assert result.specs == {"fc.weight": "constructor", "fc.bias": "constructor", "conv.weight": "zeros"}
+    assert result.tensors["fc.weight"].unique().tolist() == [0.5] and result.tensors["fc.bias"].device.type == "cpu"
+
+
+def test_a_failed_replay_falls_back_to_the_modules_reset(caplog) -> None:
+    with torch.device("meta"):
+        model = Net()
+
+    def constructor(keys, *, seed):
+        raise TargetError("the model cannot be built again")
+
+    with caplog.at_level("WARNING", logger="weightsurgery.init.engine"):
+        result = _init(model, ["fc.weight"], seed=3, constructor=constructor)
+    assert result.kept == () and result.specs == {"fc.weight": "reset"}
+    assert torch.equal(result.tensors["fc.weight"], _init(Net(), ["fc.weight"], RESET, seed=3).tensors["fc.weight"])
+    assert "cannot get the constructor's values of 1 leftover tensor(s)" in caplog.text

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from weightsurgery.errors import InitSpecError, InitSpecMismatchError
-from weightsurgery.init import Default, InitRules, Ones, TruncNormal, Zeros
+from weightsurgery.init import InitRules, Keep, Ones, TruncNormal, Zeros
 from weightsurgery.match.target import TargetSpec, TargetTensor
 
 
@@ -24,16 +24,16 @@ class Block(nn.Module):
 TARGET = TargetSpec.from_module(Block())
 
 
-def test_none_means_each_modules_default_everywhere() -> None:
+def test_none_means_keep_everywhere() -> None:
     rules = InitRules.from_user(None)
-    assert rules.select("head.weight", nn.Linear) == (Default(), "default")
+    assert rules.select("head.weight", nn.Linear) == (Keep(), "default")
     assert rules.describe() == []
 
 
 def test_a_single_spec_is_the_fallback_for_parameters() -> None:
     rules = InitRules.from_user("trunc_normal(std=0.02)")
     assert rules.select("head.weight", nn.Linear) == (TruncNormal(std=0.02), "*")
-    assert rules.select("bn.running_var", nn.BatchNorm2d, is_buffer=True) == (Default(), "default")
+    assert rules.select("bn.running_var", nn.BatchNorm2d, is_buffer=True) == (Keep(), "default")
 
 
 def test_glob_rules_match_the_whole_key_and_cross_dots() -> None:
@@ -77,7 +77,7 @@ def test_type_rules_use_isinstance_semantics() -> None:
 
 def test_buffers_are_only_chosen_by_key_rules() -> None:
     rules = InitRules.from_user({nn.BatchNorm2d: "zeros", "*.running_var": "ones", "*": "normal"})
-    assert rules.select("bn.running_mean", nn.BatchNorm2d, is_buffer=True) == (Default(), "default")
+    assert rules.select("bn.running_mean", nn.BatchNorm2d, is_buffer=True) == (Keep(), "default")
     assert rules.select("bn.running_var", nn.BatchNorm2d, is_buffer=True) == (Ones(), "*.running_var")
     assert rules.select("bn.weight", nn.BatchNorm2d) == (Zeros(), "BatchNorm2d")
 
@@ -121,7 +121,7 @@ def test_check_returns_the_choice_for_every_key() -> None:
     chosen = rules.check(TARGET.tensors)
     assert chosen["conv.weight"][1] == "Conv2d"
     assert chosen["conv.bias"] == (Zeros(), "*.bias")
-    assert chosen["bn.num_batches_tracked"] == (Default(), "default")
+    assert chosen["bn.num_batches_tracked"] == (Keep(), "default")
     assert list(chosen) == list(TARGET.tensors)
 
 

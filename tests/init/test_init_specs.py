@@ -14,6 +14,8 @@ from weightsurgery.init import (
     CallableSpec,
     Constant,
     Default,
+    Keep,
+    Reset,
     KaimingNormal,
     KaimingUniform,
     Normal,
@@ -45,7 +47,9 @@ from weightsurgery.init import (
         ("kaiming_normal(mode='fan_out', nonlinearity='relu')", KaimingNormal(mode="fan_out", nonlinearity="relu")),
         ("kaiming_uniform(a=2.5)", KaimingUniform(a=2.5)),
         ("orthogonal(1.5)", Orthogonal(1.5)),
-        ("default", Default()),
+        ("default", Reset()),
+        ("reset", Reset()),
+        ("keep", Keep()),
     ],
 )
 def test_parse_reads_names_positional_and_keyword_arguments(text: str, expected: object) -> None:
@@ -59,7 +63,8 @@ def test_describe_is_canonical_and_leaves_out_defaults() -> None:
     )
     assert Zeros().describe() == "zeros"
     assert Constant(0.1).describe() == "constant(0.1)"
-    assert Default().describe() == "default"
+    assert Reset().describe() == "reset" and Default is Reset
+    assert Keep().describe() == "keep"
 
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
@@ -81,7 +86,8 @@ specs_strategy = st.one_of(
     st.builds(KaimingUniform, finite, modes, nonlinearities),
     st.builds(KaimingNormal, finite, modes, nonlinearities),
     st.builds(Orthogonal, finite),
-    st.just(Default()),
+    st.just(Reset()),
+    st.just(Keep()),
 )
 
 
@@ -188,7 +194,8 @@ def test_random_specs_refuse_integer_tensors_but_constants_do_not() -> None:
     with pytest.raises(InitSpecError, match=r"'bn\.num_batches_tracked' has dtype torch.int64, but normal draws"):
         Normal().check((), key="bn.num_batches_tracked", dtype=torch.int64)
     Zeros().check((), key="bn.num_batches_tracked", dtype=torch.int64)
-    Default().check((), key="bn.num_batches_tracked", dtype=torch.int64)
+    Reset().check((), key="bn.num_batches_tracked", dtype=torch.int64)
+    Keep().check((), key="bn.num_batches_tracked", dtype=torch.int64)
 
 
 def fill_with_seven(tensor: torch.Tensor) -> None:

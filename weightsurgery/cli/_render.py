@@ -15,7 +15,9 @@ from weightsurgery.sources.checkpoint import TensorMeta
 
 __all__ = ["TensorRow", "report_table", "tensor_rows", "tensor_table"]
 
-_STATUS_STYLE = {"loaded": "green", "adapted": "cyan", "initialized": "yellow", "tied": "blue", "unused": "magenta"}
+_STATUS_STYLE = {
+    "loaded": "green", "adapted": "cyan", "initialized": "yellow", "kept": "bright_black", "tied": "blue", "unused": "magenta",
+}
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def tensor_table(rows: list[TensorRow], *, title: str | None = None) -> Table:
 
 
 def report_table(report: Report) -> Table:
-    """The report's grouped sections (loaded, adapted, initialized, tied, unused, ambiguous) as one table.
+    """The report's grouped sections (loaded, adapted, initialized, kept, tied, unused, ambiguous) as one table.
 
     A group's note (why it was initialized, the rule, a dtype cast) follows its
     first key, dimmed, so that only the keys column ever folds.

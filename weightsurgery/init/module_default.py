@@ -1,7 +1,8 @@
 """Run a module's own initialization without touching the module.
 
 The module's ``reset_parameters()`` (or ``_reset_parameters()``, as
-``nn.MultiheadAttention`` has) runs on a shallow replica: the same class and
+``nn.MultiheadAttention`` has; or the function a caller names, such as a
+transformers model's ``_init_weights``) runs on a shallow replica: the same class and
 attributes, fresh CPU tensors for its own parameters and buffers, and no child
 modules, so the reset can reach neither the real tensors nor another module's.
 A reset that fails without children (``MultiheadAttention`` zeroes
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -48,13 +49,17 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def module_default(owner: nn.Module, names: Collection[str], *, seed: int) -> dict[str, torch.Tensor]:
+def module_default(
+    owner: nn.Module, names: Collection[str], *, seed: int, init: Callable[[nn.Module], object] | None = None
+) -> dict[str, torch.Tensor]:
     """Fresh values for ``owner``'s tensors ``names`` from the module's own reset.
 
     Args:
         owner: the module that directly owns the tensors; it is not modified.
         names: the tensor names on ``owner`` (``"weight"``, ``"running_mean"``).
         seed: seeds the CPU RNG the reset draws from.
+        init: run ``init(replica)`` instead of the module's reset method
+            (a transformers model's ``_init_weights``).
 
     Returns:
         name -> a new CPU tensor in :func:`work_dtype`, for every name the reset
@@ -69,12 +74,14 @@ def module_default(owner: nn.Module, names: Collection[str], *, seed: int) -> di
         (True, False)
     """
     method = next((m for m in RESET_METHODS if callable(getattr(owner, m, None))), None)
-    if method is None:
+    if init is None and method is None:
         logger.debug("%s has no reset method (%s)", type(owner).__name__, " or ".join(RESET_METHODS))
         return {}
+    run = init if init is not None else (lambda replica: getattr(replica, str(method))())
+    label = getattr(init, "__qualname__", "init") if init is not None else method
     for depth in (0, 1):
         replica = _replica(owner, depth=depth)
-        if replica is not None and _run_reset(replica, method, seed=seed):
+        if replica is not None and _run_reset(replica, run, label, seed=seed):
             break
     else:
         return {}
@@ -85,7 +92,7 @@ def module_default(owner: nn.Module, names: Collection[str], *, seed: int) -> di
             continue
         tensor = tensor.detach()
         if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
-            logger.debug("%s.%s() left %r (partly) unset", type(owner).__name__, method, name)
+            logger.debug("%s: %s left %r (partly) unset", type(owner).__name__, label, name)
             continue
         out[name] = tensor
     return out
@@ -112,14 +119,14 @@ def _replica(module: nn.Module, *, depth: int) -> nn.Module | None:
     return replica
 
 
-def _run_reset(replica: nn.Module, method: str, *, seed: int) -> bool:
-    """Run ``replica.<method>()`` under a forked CPU RNG seeded with ``seed``; whether it succeeded."""
+def _run_reset(replica: nn.Module, run: Callable[[nn.Module], object], label: str, *, seed: int) -> bool:
+    """Run ``run(replica)`` under a forked CPU RNG seeded with ``seed``; whether it succeeded."""
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.default_generator.manual_seed(seed)
-            getattr(replica, method)()
+            run(replica)
     except Exception as exc:  # the module's own code: anything may go wrong on a replica
-        logger.debug("%s.%s() failed on a replica: %r", type(replica).__name__, method, exc)
+        logger.debug("%s: %s failed on a replica: %r", type(replica).__name__, label, exc)
         return False
     return True
 

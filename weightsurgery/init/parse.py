@@ -5,7 +5,7 @@ Strings are parsed with :mod:`ast` and only literal arguments are accepted
 Names follow :mod:`torch.nn.init`, with or without its trailing underscore::
 
     "zeros"   "constant(0.1)"   "trunc_normal(std=0.02)"
-    "kaiming_normal(mode='fan_out', nonlinearity='relu')"   "default"
+    "kaiming_normal(mode='fan_out', nonlinearity='relu')"   "reset"   "keep"
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["SpecLike", "parse_spec", "valid_specs"]
 
 SpecLike = str | InitSpec | Callable[..., Any]
 """What users may pass wherever one init spec is expected."""
+
+_ALIASES = {"default": "reset"}  # the former name of "reset"
 
 
 def valid_specs() -> str:
@@ -101,6 +103,7 @@ def _parse_string(text: str) -> InitSpec:
             f"init spec {text!r} must be a spec name or one call with literal arguments, "
             f"like 'zeros' or 'trunc_normal(std=0.02)'"
         )
+    name = _ALIASES.get(name, name)
     cls = SPECS.get(name) or SPECS.get(name.removesuffix("_"))
     if cls is None:
         close = difflib.get_close_matches(name, SPECS, n=1)

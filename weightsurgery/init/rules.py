@@ -12,12 +12,13 @@ selects by:
   ``nn.Conv2d``.
 
 ``"*"`` is the fallback wherever it appears: it applies after every other
-rule, in place of each module's own initialization (``default``). Passing a
-single spec instead of a mapping means ``{"*": spec}``.
+rule. Passing a single spec instead of a mapping means ``{"*": spec}``. A
+tensor no rule selects gets ``keep``: the values its constructor gave it.
 
 Buffers (batch-norm running statistics and the like) are not weights: the
-fallback and module-type rules pass them by, so an unloaded buffer gets its
-module's default unless a glob or regex rule names it.
+fallback and module-type rules pass them by, so an unloaded buffer keeps its
+constructor's values unless a glob or regex rule names it
+(``{"*.running_*": "reset"}``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 
 from weightsurgery.errors import InitSpecError, InitSpecMismatchError
 from weightsurgery.init.parse import SpecLike, parse_spec_brief, valid_specs
-from weightsurgery.init.specs import Default, InitSpec
+from weightsurgery.init.specs import InitSpec, Keep
 from weightsurgery.match.target import TargetTensor
 
 __all__ = ["InitRule", "InitRules", "RuleKey"]
@@ -98,7 +99,7 @@ class InitRules:
         """Build rules from what a user passes as ``init=``.
 
         Args:
-            init: ``None`` (each module's own initialization), one spec (a spec
+            init: ``None`` (keep the constructor's values), one spec (a spec
                 string, an :class:`InitSpec` or a callable), or a mapping
                 ``{glob | "re:regex" | re.Pattern | module type: spec}``.
 
@@ -147,12 +148,12 @@ class InitRules:
             is_buffer: the tensor is a buffer (the fallback and type rules skip buffers).
 
         Returns:
-            ``(spec, label)``; ``(Default(), "default")`` when no rule matches.
+            ``(spec, label)``; ``(Keep(), "default")`` when no rule matches.
         """
         for rule in self.rules:
             if rule.matches(key, module_type, is_buffer=is_buffer):
                 return rule.spec, rule.label
-        return Default(), DEFAULT_LABEL
+        return Keep(), DEFAULT_LABEL
 
     def check(self, tensors: Mapping[str, TargetTensor] | Iterable[TargetTensor]) -> dict[str, tuple[InitSpec, str]]:
         """Select a spec for every tensor and verify it fits, raising once for all problems.

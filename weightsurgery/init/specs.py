@@ -11,9 +11,11 @@ tensors with fewer than two dimensions at plan time (:meth:`InitSpec.check`)
 rather than at apply time: route biases elsewhere with a rule such as
 ``{"*.bias": "zeros", "*": "kaiming_normal(mode='fan_out')"}``.
 
-:class:`Default` is special: it stands for the owning module's own
-initialization and is carried out by :func:`weightsurgery.init.compute_init`,
-which knows the module.
+:class:`Reset` and :class:`Keep` are special. ``reset`` stands for the
+owning module's own initialization, ``keep`` for the values the module's
+constructor gave the tensor; :func:`weightsurgery.init.compute_init`, which
+knows the module, carries both out. ``keep`` is what a leftover gets when no
+rule names it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ __all__ = [
     "Normal",
     "Ones",
     "Orthogonal",
+    "Keep",
+    "Reset",
     "TensorInit",
     "TruncNormal",
     "Uniform",
@@ -384,15 +388,35 @@ class Orthogonal(TensorInit):
 
 
 @dataclass(frozen=True)
-class Default(InitSpec):
-    """The owning module's own initialization (its ``reset_parameters``).
+class Reset(InitSpec):
+    """The owning module's own initialization: its ``reset_parameters()``.
 
-    Carried out by :func:`weightsurgery.init.compute_init`, which runs the
-    reset on a detached replica of the module so loaded siblings keep their
-    values. Fits any tensor, buffers included.
+    On a transformers model, the model's ``_init_weights(module)`` instead, as
+    transformers initializes its modules. Carried out by
+    :func:`weightsurgery.init.compute_init`, which runs it on a detached
+    replica of the module so loaded siblings keep their values. Fits any
+    tensor, buffers included. ``"default"`` is read as ``"reset"``.
     """
 
-    name: ClassVar[str] = "default"
+    name: ClassVar[str] = "reset"
+
+
+Default = Reset
+"""The former name of :class:`Reset`."""
+
+
+@dataclass(frozen=True)
+class Keep(InitSpec):
+    """The values the module's constructor gave the tensor.
+
+    What a leftover gets when no rule names it. On a built model nothing is
+    written; on a model a factory built on the meta device, the constructor's
+    values are computed for exactly these tensors (see
+    :class:`weightsurgery.factory.ConstructorReplay`). Name it in a rule to
+    exempt tensors from a broader one: ``{"*.lora_B.*": "keep", "*": "reset"}``.
+    """
+
+    name: ClassVar[str] = "keep"
 
 
 SPECS: dict[str, type[InitSpec]] = {
@@ -409,7 +433,8 @@ SPECS: dict[str, type[InitSpec]] = {
         KaimingUniform,
         KaimingNormal,
         Orthogonal,
-        Default,
+        Reset,
+        Keep,
     )
 }
 """Every spec the string parser knows, by name."""
