@@ -152,7 +152,7 @@ def transfer(
         True
         >>> opts = PlanOptions(rename={r"^model\\.": ""}, exclude="2.*")
         >>> report = transfer(ckpt, model, options=opts, seed=0)
-        >>> report.records["0.weight"].strategy, report.initialized
+        >>> report.records["0.weight"].strategy, report.kept  # excluded, and no init= rule: the constructor's values
         ('rename', ['2.weight', '2.bias'])
     """
     plan_options = _plan_options(options, matching)
