@@ -7,7 +7,7 @@
    ``timm.create_model("efficientnet_lite0")`` with no key map.
 2. Classify scikit-image's sample photos: ``chelsea`` is a cat, ``coffee`` an espresso.
 3. Transfer again into a 10-class model: everything loads but the classifier,
-   which is initialized.
+   which keeps the init timm's constructor gave it.
 4. Fine-tune briefly on scikit-learn's handwritten digits (offline, real data),
    against the same network from random init and from constant init.
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 3. A 10-class head: the classifier is new, the rest loads.
     report10 = transfer(weights, timm.create_model(ARCH, num_classes=10), seed=args.seed)
     print(f"into a 10-class head: {report10.summary()}")
-    print(f"  initialized: {', '.join(report10.initialized)}")
+    print(f"  kept (the constructor's init): {', '.join(report10.kept)}")
     print()
 
     # 4. Fine-tune on the digits against random and constant init.

@@ -28,9 +28,9 @@ def test_a_string_exclude_excludes_what_it_names_and_loads_the_rest() -> None:
 def test_options_are_one_argument_and_a_keyword_replaces_its_field() -> None:
     source, model = pair()
     options = PlanOptions(exclude=["1.*"], strategies=["exact", "prefix"])
-    assert transfer(source, model, options=options, dry_run=True).initialized == ["1.weight", "1.bias"]
+    assert transfer(source, model, options=options, dry_run=True).kept == ["1.weight", "1.bias"]
     report = transfer(source, model, options=options, exclude=(), dry_run=True)
-    assert report.initialized == [] and set(report.mapping.values()) == set(source)
+    assert report.missing_keys == [] and set(report.mapping.values()) == set(source)
     assert {r.strategy for r in report.records.values()} == {"prefix"}
 
 

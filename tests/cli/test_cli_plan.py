@@ -74,7 +74,7 @@ def test_rename_key_map_and_exclude_flags_reach_the_plan(nested_ckpt: Path, caps
     assert (records["body.bias"]["strategy"], records["body.bias"]["source"]) == ("explicit", "model.body.bias")
     assert records["body.weight"]["strategy"] == "prefix"
     norm = [k for k in records if k.startswith("norm.")]
-    assert data["initialized"] == norm and {records[k]["evidence"] for k in norm} == {"excluded by rule 'norm.*'"}
+    assert data["kept"] == norm and {records[k]["evidence"] for k in norm} == {"excluded by rule 'norm.*'"}
 
 
 def test_an_exact_map_passed_as_rename_points_at_key_map(nested_ckpt: Path, capsys):

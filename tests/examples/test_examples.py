@@ -31,9 +31,9 @@ def test_quickstart_transfers_the_body_and_initializes_the_new_head(tmp_path, ca
 def test_efficientnet_example_loads_real_weights_and_recognizes_the_photos(capsys: pytest.CaptureFixture) -> None:
     results = load("finetune_efficientnet").main(["--steps", "2", "--per-class", "2"])
     out = capsys.readouterr().out
-    assert "loaded 296, adapted 0, initialized 0, unused 0" in out
+    assert "loaded 296, adapted 0, initialized 0, kept 0, unused 0" in out
     top1 = dict(re.findall(r"^skimage\.data\.(\w+)\(\): ([^%]+?) \d+%", out, flags=re.MULTILINE))
     assert "cat" in top1["chelsea"]  # "tabby, tabby cat"
     assert top1["coffee"] == "espresso"
-    assert "initialized: classifier.weight, classifier.bias" in out
+    assert "kept (the constructor's init): classifier.weight, classifier.bias" in out
     assert set(results) == {"transferred", "random init", "constant init"}

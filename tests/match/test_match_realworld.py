@@ -61,8 +61,6 @@ FLOORS = {
     "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)": 0,
 }
 KNOWN = {
-    "EfficientNet-Lite1 -> peft(timm.efficientnet_lite1)":
-        "lora_B (no source) is re-initialized away from PEFT's zeros, so the adapted model changes its function",
 }
 SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features",
         "deep-sort MobileNetV2 -> hf.MobileNetV2Model",

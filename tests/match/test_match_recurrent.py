@@ -252,7 +252,7 @@ def test_a_stack_that_disagrees_abstains_with_the_reason_and_loads_nothing(src, 
     assert report.mapping == {}
     for key in dst.state_dict():
         record = report.records[key]
-        assert record.status == "initialized" and record.strategy == "recurrent"
+        assert record.status == "kept" and record.strategy == "recurrent"
         assert why in record.evidence and "'rnn'" in record.evidence
 
 

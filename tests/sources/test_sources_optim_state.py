@@ -112,7 +112,7 @@ def test_only_the_weights_load_never_a_moment(tmp_path: Path, kind: str, layout:
 
 
 @pytest.mark.parametrize("zip_format", [False, True], ids=["legacy", "zip"])
-def test_a_weight_missing_beside_its_moments_is_initialized_not_filled_from_them(tmp_path: Path, zip_format) -> None:
+def test_a_weight_missing_beside_its_moments_is_kept_not_filled_from_them(tmp_path: Path, zip_format) -> None:
     model, osd = _trained("adam")
     sd = {k: v for k, v in model.state_dict().items() if k != "head.weight"}
     path = tmp_path / "partial.pth"
@@ -121,7 +121,7 @@ def test_a_weight_missing_beside_its_moments_is_initialized_not_filled_from_them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = transfer(str(path), target)
-    assert report.initialized == ["head.weight"]
+    assert report.kept == ["head.weight"] == report.missing_keys
     assert report.records["head.weight"].evidence == "no candidate in the source"
     assert report.mapping == {k: k for k in sd}
 
