@@ -60,8 +60,7 @@ FLOORS = {
     "lpips squeeze heads -> ModuleList": 7,
     "TRAP lpips vgg heads -> lpips.LPIPS(net=alex)": 0,
 }
-KNOWN = {
-}
+KNOWN: dict[str, str] = {}
 SLOW = {"deep-sort MobileNetV2 fp16 {state_dict} -> compiled tv features",
         "deep-sort MobileNetV2 -> hf.MobileNetV2Model",
         "peft(EfficientNet-Lite1) full state dict -> timm.efficientnet_lite1",
