@@ -76,8 +76,12 @@ def test_invariants(tree: nn.Module, data: st.DataObject, prefix: str, seed: int
     for k in reshaped:
         assert statuses[k] == "kept"
         assert "shape mismatch" in report.records[k].evidence
-    for k in set(kept) - set(reshaped):
-        assert report.mapping.get(k) == prefix + k
-    assert set(report.unused) == {prefix + k for k in reshaped}
+    refused = any(r.evidence.startswith("not loaded: source and target look unrelated") for r in report.records.values())
+    if refused:  # too many shape mismatches for a related pair: nothing loads (match/related.py)
+        assert report.mapping == {} and set(report.unused) == set(source)
+    else:
+        for k in set(kept) - set(reshaped):
+            assert report.mapping.get(k) == prefix + k
+        assert set(report.unused) == {prefix + k for k in reshaped}
     for k, r in report.records.items():
         assert r.target_shape == tuple(state[k].shape)

@@ -323,7 +323,7 @@ def test_the_check_catches_a_report_that_lies() -> None:
     with torch.no_grad():
         model[0].weight.copy_(loaded)
         model[0].bias.copy_(source_model[0].bias)  # "initialized", but holds a source's values
-    with pytest.raises(AssertionError, match="0.bias is reported initialized, but holds the values of"):
+    with pytest.raises(AssertionError, match="0.bias is reported kept, but holds the values of"):
         assert_report_is_true(report, model, {**source, "0.bias": source_model[0].bias})
     with pytest.raises(AssertionError, match="unused"):
         assert_report_is_true(report, model, {**source, "extra": torch.randn(3)})

@@ -281,11 +281,11 @@ def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, requ
         )
     elif not filled and target.tensors:
         held = "holds no tensors" if not len(checkpoint) else "has no tensor that matches the target"
-        note = f"nothing loaded: {origin} {held}; all {len(target.tensors)} target tensors are initialized"
+        note = f"nothing loaded: {origin} {held}; none of its {len(target.tensors)} target tensors loads"
     elif min(coverage, tensor_coverage) < LOW_COVERAGE:
         note = (
             f"only {coverage:.1%} of the target's parameters ({len(filled)} of {len(target.tensors)} tensors) "
-            f"load from {origin}; the rest is initialized. If source and target are meant to be the same "
+            f"load from {origin}; the rest does not load. If source and target are meant to be the same "
             "architecture, read the reasons in the report, or add rename rules"
         )
     else:

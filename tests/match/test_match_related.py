@@ -40,7 +40,7 @@ def test_torchvision_classifier_of_another_network_is_not_loaded_by_exact_name(t
     assert report.mapping == {}
     assert not torch.equal(target.classifier[1].weight, source["classifier.1.weight"])
     record = report.records["classifier.1.weight"]
-    assert record.status == "initialized" and record.strategy == STRATEGY
+    assert record.status == "kept" and record.strategy == STRATEGY
     assert record.evidence.startswith("not loaded: source and target look unrelated: only ")
     assert "exact matched classifier.1.weight" in record.evidence
     assert "pass strategies=[...]" in record.evidence
@@ -106,7 +106,7 @@ def test_related_transfers_still_load() -> None:
     x = torch.randn(1, 3, 64, 64)
 
     new_head, _ = quiet_transfer(state, torchvision.models.resnet18(num_classes=7))
-    assert set(new_head.initialized) == {"fc.weight", "fc.bias"}
+    assert set(new_head.kept) == {"fc.weight", "fc.bias"}
 
     sliced = Trunk().eval()
     report, _ = quiet_transfer(state, sliced)
@@ -128,7 +128,7 @@ def test_a_tiny_net_with_a_big_new_head_loads_and_warns_about_coverage() -> None
     report, messages = quiet_transfer(tiny, target, seed=0)
     assert sorted(report.mapping) == sorted(tiny.state_dict())
     assert torch.equal(target[2].weight, tiny[2].weight)
-    assert any("only 0.0% of the target's parameters" in m and "the rest is initialized" in m for m in messages)
+    assert any("only 0.0% of the target's parameters" in m and "the rest does not load" in m for m in messages)
 
 
 def test_the_evidence_is_weight_tensors_and_shape_contradictions() -> None:
