@@ -134,3 +134,20 @@ def test_a_peft_model_into_another_peft_model_carries_the_adapter() -> None:
     assert not report.initialized and not report.unused
     with torch.no_grad():
         torch.testing.assert_close(forward(target), forward(source), rtol=0, atol=0)
+
+
+def test_a_saved_adapter_file_fills_the_lora_tensors_of_a_peft_target(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    make, config, _ = CASES["bert"]
+    source = trained_lora(wrapped(make, config))
+    adapter = peft.get_peft_model_state_dict(source)  # what save_pretrained writes: no adapter name
+    assert all(".default." not in k for k in adapter) and adapter
+    save_file({k: v.contiguous() for k, v in adapter.items()}, tmp_path / "adapter_model.safetensors")
+    target = wrapped(make, config)
+    report = run(tmp_path / "adapter_model.safetensors", target)
+    lora = {k: v for k, v in target.state_dict().items() if is_adapter_tensor(k)}
+    assert sorted(report.mapping) == sorted(lora) and not report.unused
+    expected = source.state_dict()
+    for key, value in lora.items():
+        assert torch.equal(value, expected[key]), key

@@ -8,7 +8,8 @@ below it, not only in front:
 - FSDP and ``checkpoint_wrapper``: ``layers.0._fsdp_wrapped_module.attn...``,
   ``layer1._checkpoint_wrapped_module.0.conv1.weight``;
 - PEFT: ``base_model.model.<path>.base_layer.weight`` for a layer that LoRA
-  wraps, beside ``<path>.lora_A.<adapter>.weight`` and ``lora_B``.
+  wraps, beside ``<path>.lora_A.<adapter>.weight`` and ``lora_B``; a saved
+  adapter file (``adapter_model.safetensors``) leaves the adapter name out.
 
 :func:`match_wrappers` runs right after ``prefix``. It removes these components
 (and PEFT's leading ``base_model.model.``) on both sides and pairs keys whose
@@ -57,12 +58,19 @@ def unwrap(key: str) -> str:
         'layer1.0.conv1.weight'
         >>> unwrap("module._orig_mod.fc.weight")
         'fc.weight'
+        >>> unwrap("base_model.model.q.lora_A.default.weight"), unwrap("emb.lora_embedding_A.default")
+        ('q.lora_A.weight', 'emb.lora_embedding_A')
     """
     parts = key.split(".")
     if tuple(parts[:2]) == _PEFT_ROOT and len(parts) > 2:
         parts = parts[2:]
-    kept = [p for p in parts[:-1] if p not in WRAPPER_COMPONENTS]
-    return ".".join([*kept, parts[-1]])
+    kept = [p for i, p in enumerate(parts[:-1]) if p not in WRAPPER_COMPONENTS and not _adapter_name(parts, i)]
+    return ".".join([*kept, parts[-1]] if not _adapter_name(parts, len(parts) - 1) else kept)
+
+
+def _adapter_name(parts: list[str], i: int) -> bool:
+    """``parts[i]`` names a PEFT adapter (``lora_A.default.weight``), which saved adapter files leave out."""
+    return i > 0 and parts[i - 1] in ADAPTER_COMPONENTS and (i < len(parts) - 1 or parts[i] not in ("weight", "bias"))
 
 
 def is_adapter_tensor(key: str) -> bool:
