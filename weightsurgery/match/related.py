@@ -11,8 +11,9 @@ embedding kernels). One-dimensional tensors (norms, biases, statistics) carry
 little evidence: a width of 64 or 256 recurs in every network. Over the plan:
 
 - ``loaded``: target weight tensors that the plan fills from the source, or
-  whose name match holds the same dimensions in another order (a layout
-  difference such as GPT-2's transposed ``Conv1D``, refused elsewhere);
+  whose name match holds the same dimensions in another order or with size-1
+  dimensions added or dropped (a layout difference such as GPT-2's transposed
+  ``Conv1D`` or a 1x1 conv against a Linear, refused or adapted elsewhere);
 - ``contradicted``: target weight tensors whose name match was refused for a
   different shape (the same naming scheme, a different network);
 - ``smaller``: the weight tensors of the smaller side.
@@ -157,8 +158,8 @@ def relatedness(
         if e.action in (Action.LOAD, Action.ADAPT):
             loaded += 1
         elif e.action is Action.INIT and e.source_shape is not None:
-            if sorted(e.source_shape) == sorted(target.tensors[key].shape):
-                loaded += 1  # the same tensor in another layout (a transposed Conv1D): evidence, refused elsewhere
+            if _layout_free(e.source_shape) == _layout_free(target.tensors[key].shape):
+                loaded += 1  # the same tensor in another layout (transposed, squeezed): evidence, refused elsewhere
             else:
                 contradicted += 1
     smaller = min(len(weights), source_weights)
@@ -220,6 +221,10 @@ def veto_unrelated(
             "pass strategies=[...] to load such matches anyway",
         )
     return out
+
+
+def _layout_free(shape: tuple[int, ...]) -> list[int]:
+    return sorted(d for d in shape if d != 1)
 
 
 def unrelated_reason(entries: Iterable[PlanEntry]) -> str | None:
