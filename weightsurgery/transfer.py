@@ -116,7 +116,9 @@ def transfer(
             - ``exclude``: target-key globs (or ``re:`` regexes) never loaded, e.g.
               ``"fc.*"`` for a fresh head of the same shape; they are initialized.
             - ``strategies``: restrict matching to these strategy names
-              (see ``weightsurgery.match.planner.STRATEGIES``).
+              (see ``weightsurgery.match.planner.STRATEGIES``). Naming them is also
+              the opt-in for a source and target that look unrelated, where by
+              default nothing loads (``strategies=["exact"]`` loads the same names).
             - ``on_mismatch``: a name match of different shape: ``"init"`` (default),
               ``"adapt"`` (apply an adapter whose conditions clearly hold), ``"error"``.
             - ``adapt``: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).

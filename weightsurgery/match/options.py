@@ -47,6 +47,8 @@ class PlanOptions:
         key_map: an exact ``{target_key: source_key}`` map (the direction of
             ``report.mapping``); it runs before everything else.
         strategies: the strategy names to run (default: all), in the fixed order.
+            Naming them also loads what they match when source and target look
+            unrelated (:mod:`weightsurgery.match.related`); by default nothing loads then.
         on_mismatch: what a name match of different shape does: ``"init"``,
             ``"adapt"`` (run an adapter whose conditions hold, else init), ``"error"``.
         adapt: explicit adapter rules (``weightsurgery.adapt.AdaptRule``).
