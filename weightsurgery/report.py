@@ -275,7 +275,7 @@ class Report:
     @property
     def ambiguous(self) -> list[str]:
         """Keys left unloaded (initialized or kept) because a strategy refused to guess for them."""
-        return [k for k in self.missing_keys if "ambiguous" in self.records[k].evidence]
+        return [k for k, r in self.records.items() if r.status in ("initialized", "kept") and "ambiguous" in r.evidence]
 
     def summary(self) -> str:
         """One line: ``loaded 120, adapted 0, initialized 0, kept 2, unused 2; coverage 99.9%``."""
