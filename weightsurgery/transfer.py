@@ -277,8 +277,9 @@ def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, requ
     refused = unrelated_reason(plan.entries.values())
     origin = checkpoint.origin.describe()
     if refused is not None:
+        what = "nothing loaded" if not filled else f"only the {len(filled)} tensors that your own map or rules name loaded"
         note = (
-            f"nothing loaded from {origin}: {refused}; every name match was refused (the reason is on each key). "
+            f"{what} from {origin}: {refused}; every other name match was refused (the reason is on each key). "
             "Pass strategies=[...] (for example strategies=['exact']) to load the name matches anyway"
         )
     elif not filled and target.tensors:

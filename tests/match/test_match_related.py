@@ -80,6 +80,7 @@ def test_user_rules_stay_when_the_rest_is_unrelated() -> None:
     target = torchvision.models.mnasnet1_0()
     report, _ = quiet_transfer(source, target, key_map={"layers.0.weight": "features.0.0.weight"})
     assert report.mapping == {"layers.0.weight": "features.0.0.weight"}
+    assert report.warnings[0].startswith("only the 1 tensors that your own map or rules name loaded from ")
     assert report.records["classifier.1.weight"].strategy == STRATEGY
 
 
