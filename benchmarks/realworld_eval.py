@@ -42,6 +42,7 @@ Usage::
     python benchmarks/realworld_eval.py                 # every case
     python benchmarks/realworld_eval.py --cases lstm lpips
     python benchmarks/realworld_eval.py --json out.json --strict
+    python benchmarks/realworld_eval.py --safetensors     # sources re-saved with sorted keys
 """
 
 from __future__ import annotations
@@ -754,12 +755,23 @@ def score_case(pair: me.Pair, built: Built, report: Any) -> me.Score:
     return me.score(pair, me.Case(built.source, view, truth), report)
 
 
-def evaluate(case: RealCase) -> Result:
-    """Build ``case``, prove its truth, run a zero-option ``transfer``, score it and run the functional check."""
+def evaluate(case: RealCase, *, as_safetensors: bool = False) -> Result:
+    """Build ``case``, prove its truth, run a zero-option ``transfer``, score it and run the functional check.
+
+    Args:
+        case: the case to run.
+        as_safetensors: hand ``transfer`` the source tensors re-saved as ``.safetensors`` (keys sorted, the
+            way hub checkpoints arrive) instead of the package's own file.
+    """
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         built = case.build(Path(tmp))
         prove(built, case.name)
+        if as_safetensors:
+            from safetensors.torch import save_file
+
+            built.given = Path(tmp) / "sorted.safetensors"
+            save_file({k: v.contiguous() for k, v in built.source.items()}, str(built.given))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the low-coverage warning of traps
             report = transfer(built.given, built.target)
@@ -819,12 +831,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the cases, print the table and the details; the exit status is 1 only with ``--strict``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", default=(), help="run only cases whose name contains one of these")
+    parser.add_argument("--safetensors", action="store_true",
+                        help="give transfer the source re-saved as .safetensors (its keys come back sorted)")
     parser.add_argument("--json", help="also write every score, wrong load and miss to this file")
     parser.add_argument("--strict", action="store_true", help="exit 1 on any wrong tensor or failed functional check")
     parser.add_argument("-q", "--quiet", action="store_true", help="the table only")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if not args.cases or any(f.lower() in c.name.lower() for f in args.cases)]
-    results = [evaluate(c) for c in cases]
+    results = [evaluate(c, as_safetensors=args.safetensors) for c in cases]
     print(render(results))
     if not args.quiet:
         details = me.render_details([r.score for r in results])

@@ -93,6 +93,40 @@ def test_real_checkpoint_loads_nothing_wrong_and_keeps_its_coverage(
         assert result.warnings, f"{name}: {result.loaded} of {score.tensors} tensors loaded, and no warning"
 
 
+# The same sources re-saved as .safetensors (keys sorted: features.10 before features.2), as hub files arrive.
+SORTED_FLOORS = {
+    "deep-sort MobileNetV2 -> tv.mobilenet_v2": 12,
+    "deep-sort MobileNetV2 -> timm.mobilenetv2_100": 163,
+    "deep-sort MobileNetV2 -> hf.MobileNetV2Model": 152,
+    "khmer-ocr CRNN (nested) -> named CRNN": 57,
+    "resemblyzer legacy+Adam -> LSTMCell stack": 14,
+    "silero-vad LSTMCell -> nn.LSTM re-impl": 15,
+}
+SORTED_KNOWN = {
+    "deep-sort MobileNetV2 -> hf.MobileNetV2Model":
+        "sorted keys: structure aligns blocks 7..10 of equal signature shifted by one (11 wrong)",
+}
+
+
+def _sorted_param(name: str) -> object:
+    marks = [pytest.mark.xfail(reason=SORTED_KNOWN[name], strict=True)] if name in SORTED_KNOWN else []
+    return pytest.param(name, SORTED_FLOORS[name], marks=marks, id=f"{name} [sorted safetensors]")
+
+
+@pytest.mark.parametrize(("name", "floor"), [_sorted_param(n) for n in SORTED_FLOORS])
+def test_sorted_safetensors_copy_loads_nothing_wrong_and_keeps_its_coverage(
+    harness: ModuleType, name: str, floor: int
+) -> None:
+    case = next(c for c in harness.CASES if c.name == name)
+    result = harness.evaluate(case, as_safetensors=True)
+    score = result.score
+    details = harness.me.render_details([score])
+    assert not score.wrong, details
+    assert score.correct >= floor, details
+    if score.with_truth and score.correct == score.with_truth:
+        assert result.functional == "pass", f"{name}: every tensor claimed, functional check {result.functional}"
+
+
 def test_cases_cover_the_issue_classes(harness: ModuleType) -> None:
     names = [c.name for c in harness.CASES]
     assert set(FLOORS) == set(names)
