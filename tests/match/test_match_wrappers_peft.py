@@ -151,3 +151,37 @@ def test_a_saved_adapter_file_fills_the_lora_tensors_of_a_peft_target(tmp_path) 
     expected = source.state_dict()
     for key, value in lora.items():
         assert torch.equal(value, expected[key]), key
+
+
+def test_modules_to_save_both_directions() -> None:
+    from transformers import BertForSequenceClassification
+
+    config = BertConfig(**{**CONFIG.to_dict(), "num_labels": 3})
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return BertForSequenceClassification(config).eval()
+
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    plain = make()
+    torch.manual_seed(5)
+    target = wrapped(lambda: BertForSequenceClassification(config).eval(), lora)
+    report = run(plain.state_dict(), target)
+    head = "base_model.model.classifier"
+    for part in ("original_module", "modules_to_save.default"):
+        assert report.mapping[f"{head}.{part}.weight"] == "classifier.weight"
+        assert torch.equal(target.state_dict()[f"{head}.{part}.weight"], plain.classifier.weight)
+    assert not report.unused
+    with torch.no_grad(), target.disable_adapter():
+        torch.testing.assert_close(target(IDS).logits, plain(IDS).logits, rtol=0, atol=0)
+
+    # the reverse: the trained copy of the head, not the original, fills a plain classifier
+    source = trained_lora(wrapped(make, lora))
+    with torch.no_grad():
+        source.base_model.model.classifier.modules_to_save["default"].weight.mul_(3.0)
+    back = make()
+    report = run(source.state_dict(), back)
+    assert report.mapping["classifier.weight"] == f"{head}.modules_to_save.default.weight"
+    assert f"{head}.original_module.weight" in report.unused
+    assert torch.equal(back.classifier.weight, source.state_dict()[f"{head}.modules_to_save.default.weight"])
+    assert not torch.equal(back.classifier.weight, source.state_dict()[f"{head}.original_module.weight"])

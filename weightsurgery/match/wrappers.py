@@ -9,7 +9,10 @@ below it, not only in front:
   ``layer1._checkpoint_wrapped_module.0.conv1.weight``;
 - PEFT: ``base_model.model.<path>.base_layer.weight`` for a layer that LoRA
   wraps, beside ``<path>.lora_A.<adapter>.weight`` and ``lora_B``; a saved
-  adapter file (``adapter_model.safetensors``) leaves the adapter name out.
+  adapter file (``adapter_model.safetensors``) leaves the adapter name out;
+  ``modules_to_save`` keeps ``<module>.original_module`` beside a trainable
+  ``<module>.modules_to_save.<adapter>``: both take a plain weight, and a plain
+  target takes the trained copy.
 
 :func:`match_wrappers` runs right after ``prefix``. It removes these components
 (and PEFT's leading ``base_model.model.``) on both sides and pairs keys whose
@@ -36,7 +39,16 @@ __all__ = ["ADAPTER_COMPONENTS", "WRAPPER_COMPONENTS", "is_adapter_tensor", "mat
 
 #: Key components that a wrapper inserts, at any depth.
 WRAPPER_COMPONENTS = frozenset(
-    {"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_forward_module", "base_layer"}
+    {
+        "module",
+        "_orig_mod",
+        "_fsdp_wrapped_module",
+        "_checkpoint_wrapped_module",
+        "_forward_module",
+        "base_layer",
+        "original_module",
+        "modules_to_save",
+    }
 )
 
 #: Components that mark a PEFT adapter's own tensors.
@@ -46,6 +58,7 @@ ADAPTER_COMPONENTS = frozenset(
 
 _PEFT_ROOT = ("base_model", "model")
 _BASE = frozenset({"base_layer"})
+_SAVED = "modules_to_save"  # PEFT's trainable copy of a module: <module>.modules_to_save.<adapter>.<tensor>
 
 
 def unwrap(key: str) -> str:
@@ -60,11 +73,17 @@ def unwrap(key: str) -> str:
         'fc.weight'
         >>> unwrap("base_model.model.q.lora_A.default.weight"), unwrap("emb.lora_embedding_A.default")
         ('q.lora_A.weight', 'emb.lora_embedding_A')
+        >>> unwrap("base_model.model.classifier.modules_to_save.default.weight")
+        'classifier.weight'
     """
     parts = key.split(".")
     if tuple(parts[:2]) == _PEFT_ROOT and len(parts) > 2:
         parts = parts[2:]
-    kept = [p for i, p in enumerate(parts[:-1]) if p not in WRAPPER_COMPONENTS and not _adapter_name(parts, i)]
+    kept = [
+        p
+        for i, p in enumerate(parts[:-1])
+        if p not in WRAPPER_COMPONENTS and not _adapter_name(parts, i) and not (i and parts[i - 1] == _SAVED)
+    ]
     return ".".join([*kept, parts[-1]] if not _adapter_name(parts, len(parts) - 1) else kept)
 
 
@@ -84,6 +103,31 @@ def _owner(key: str, components: frozenset[str]) -> str | None:
     for i, p in enumerate(parts):
         if p in components:
             return ".".join(parts[:i])
+    return None
+
+
+def _kind(key: str) -> str:
+    parts = key.split(".")[:-1]
+    return "original" if "original_module" in parts else "saved" if "modules_to_save" in parts else "plain"
+
+
+def _modules_to_save(ts: list[str], ss: list[str]) -> list[Match] | None:
+    """Pairs for PEFT's ``modules_to_save`` (``original_module`` beside ``modules_to_save.<adapter>``), or None.
+
+    Into a PEFT target both copies take the plain weight (PEFT starts the trainable
+    copy from the original); from a PEFT source a plain target takes the trained copy.
+    """
+    tk, sk = {_kind(t): t for t in ts}, {_kind(s): s for s in ss}
+    if len(tk) != len(ts) or len(sk) != len(ss):
+        return None
+    if set(tk) == set(sk):
+        return [Match(tk[k], sk[k], "wrappers", f"PEFT modules_to_save: {k} to {k}") for k in tk]
+    if set(sk) == {"plain"} and "plain" not in tk:
+        note = "PEFT modules_to_save: the original and its trainable copy both start from the plain weight"
+        return [Match(t, sk["plain"], "wrappers", note, copy=len(tk) > 1) for t in tk.values()]
+    if set(tk) == {"plain"} and "saved" in sk:
+        note = "PEFT modules_to_save: the trained copy (the original_module stays unused)"
+        return [Match(tk["plain"], sk["saved"], "wrappers", note)]
     return None
 
 
@@ -127,6 +171,10 @@ def match_wrappers(ctx: MatchContext) -> StrategyResult:
         if not ss or (len(ts) == 1 and ts == ss):
             continue
         if len(ts) > 1 or len(ss) > 1:
+            saved = _modules_to_save(ts, ss)
+            if saved is not None:
+                matches += saved
+                continue
             for t in ts:
                 reason = f"ambiguous once wrappers are removed: {', '.join(ss)} all read as {name}"
                 if len(ts) > 1:
