@@ -207,15 +207,29 @@ def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatc
 
         monkeypatch.setattr(importlib.import_module(module), attr, counting)
 
+    import weightsurgery.match.planner as planner
+
+    real_veto = planner.veto_unrelated
+
+    def counting_veto(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.setdefault("related", []).append(len(args[0]))
+        return real_veto(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "veto_unrelated", counting_veto)
+
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
     plan = make_plan(metas(model, "module."), TargetSpec.from_module(model))
-    assert len(plan.mapping) == 4 and seen == {}  # exact + prefix explained everything: nothing else ran
+    # exact + prefix explained everything: no later strategy ran, and a plan that fills every key needs no
+    # relatedness check
+    assert len(plan.mapping) == 4 and seen == {}
 
     grown = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.Linear(4, 5))
     plan = make_plan(metas(model, "module."), TargetSpec.from_module(grown))
     assert len(plan.mapping) == 4
     # the later strategies ran, once each, and saw only the new layer's two keys (no source is left)
+    related = seen.pop("related")
     assert seen["fused"] == [2] and all(calls == [2] for calls in seen.values())
+    assert related == [6]  # the plan has an open key, so relatedness is weighed, once
 
 
 class Pair(nn.Module):

@@ -17,7 +17,7 @@ from weightsurgery.sources.checkpoint import TensorMeta
 __all__ = ["Abstain", "Match", "MatchContext", "Strategy", "StrategyResult"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """A strategy's claim that ``source`` fills ``target``.
 
@@ -47,7 +47,7 @@ class Match:
     copy: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Abstain:
     """A strategy's refusal to choose for ``target``; the key stays open.
 

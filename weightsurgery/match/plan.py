@@ -32,7 +32,7 @@ class Action(str, enum.Enum):
     TIED = "tied"  # an alias of another target key; filled through it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanEntry:
     """The decision for one target key.
 

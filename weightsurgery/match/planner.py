@@ -190,7 +190,11 @@ def make_plan(
             ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
     decided.update(transposed_layout(decided, target, options.on_mismatch))
-    decided.update(veto_unrelated(decided, source, target, exclude=excluded, opted_in=options.strategies is not None))
+    filled = sum(1 for e in decided.values() if e.action is Action.LOAD or e.action is Action.ADAPT)
+    if filled + len(excluded) < len(target.tensors):  # a plan that fills every key is related by any measure
+        decided.update(
+            veto_unrelated(decided, source, target, exclude=excluded, opted_in=options.strategies is not None)
+        )
     if mismatches:
         from weightsurgery.report import IncorrectShape
 

@@ -94,13 +94,20 @@ def _suffix_index(keys: list[str]) -> dict[tuple[tuple[str, ...], tuple[int, ...
     of every key that shares it (``experts.0.w1.weight`` ends a key in every layer).
     """
     index: dict[tuple[tuple[str, ...], tuple[int, ...]], list[str]] = defaultdict(list)
+    generic: dict[str, bool] = {}  # component -> is_generic, computed once per distinct word
     for key in keys:
         parts = tuple(key.split("."))
         numbers = numeric_components(key)
+        meaningful = False  # whether parts[-k:-1] holds a non-generic component; grows with k
         for k in range(2, len(parts) + 1):
-            suffix = parts[-k:]
-            if _meaningful(suffix):
-                index[(suffix, numbers)].append(key)
+            c = parts[-k]
+            if not meaningful:
+                g = generic.get(c)
+                if g is None:
+                    g = generic[c] = is_generic(c)
+                meaningful = not g
+            if meaningful:  # the same test as _meaningful(parts[-k:]), incrementally
+                index[(parts[-k:], numbers)].append(key)
     return index
 
 

@@ -20,7 +20,7 @@ from weightsurgery.sources.shared import tensor_identity
 __all__ = ["TargetSpec", "TargetTensor"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetTensor:
     """One tensor of the target's state dict.
 
