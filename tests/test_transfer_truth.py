@@ -18,11 +18,13 @@ parameter with a buffer that is a view of its first row. Sources are state dicts
 or safetensors files that store a tied tensor once with alias metadata. A run
 is applied directly, or dry-run first (the model must not change) and then
 re-applied from its plan; a plan saved as JSON is re-applied on a source that
-has grown extra keys, which must show up as unused.
+has grown extra keys, which must show up as unused. A ``key_map`` may copy one
+source into two targets, and a string ``exclude`` names whole blocks.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -214,6 +216,16 @@ def test_the_report_agrees_with_the_values_in_the_model(
             t = halved.setdefault(view, t.half())  # a cast on the way in; fp16 keeps the values distinct
         source[prefix + k] = t
     exclude = data.draw(st.sampled_from([None, *[f"{i}.*" for i in range(len(spec))]]), label="exclude")
+    key_map = {}  # one source copied into two same-shaped targets (issue 10, item 5)
+    built = build(spec)
+    tstate = built.state_dict()
+    storages = [v.untyped_storage().data_ptr() for v in tstate.values()]
+    alone = [k for k, v in tstate.items() if storages.count(v.untyped_storage().data_ptr()) == 1]
+    copies = [(a, b) for a in alone for b in alone if a < b and tstate[a].shape == tstate[b].shape
+              and prefix + a in source and source[prefix + a].shape == tstate[a].shape]
+    if copies and data.draw(st.booleans(), label="copy"):
+        a, b = data.draw(st.sampled_from(copies), label="copied pair")
+        key_map = {a: prefix + a, b: prefix + a}
 
     src: Any = source
     if as_safetensors and source:
@@ -223,12 +235,12 @@ def test_the_report_agrees_with_the_values_in_the_model(
     # What the checkpoint holds, name by name: safetensors gives back every alias with the kept tensor's values.
     truth = {k: v.clone() for k, v in source.items()}
 
-    target: nn.Module | Callable[[], nn.Module] = build(spec)
+    target: nn.Module | Callable[[], nn.Module] = built
     before = snapshot(target) if isinstance(target, nn.Module) else {}
     if factory and not dry_run:
         target = lambda: build(spec)  # noqa: E731 - built on meta by transfer
     try:
-        report = quiet(lambda: transfer(src, target, exclude=exclude, seed=0, dry_run=dry_run))
+        report = quiet(lambda: transfer(src, target, exclude=exclude, key_map=key_map, seed=0, dry_run=dry_run))
         model = report.model
         if dry_run:
             assert not report.applied
@@ -247,6 +259,9 @@ def test_the_report_agrees_with_the_values_in_the_model(
         event("refused: views would get different values")
         return
     assert_report_is_true(report, model, truth, before if isinstance(target, nn.Module) else None)
+    for t, s in key_map.items():  # exclude= wins: "never loaded"
+        if exclude is None or not fnmatch.fnmatchcase(t, exclude):
+            assert report.mapping.get(t) == s, f"key_map {t} <- {s} was not honoured"
     event(f"loaded {min(len(report.mapping), 3)}+, missing {min(len(report.missing_keys), 3)}+, "
           f"unused {min(len(report.unused), 2)}+")
 
