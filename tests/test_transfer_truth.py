@@ -14,7 +14,8 @@ model actually holds:
 
 The models mix plain layers, norms with integer buffers, tied embedding/head
 pairs (tied or untied in the source), two parameters over one view, and a
-parameter with a buffer that is a view of its first row. Sources are state dicts (keys dropped, reshaped, prefixed, cast)
+parameter with a buffer that is a view of its first row. Sources are state
+dicts (keys dropped, reshaped, prefixed, cast)
 or safetensors files that store a tied tensor once with alias metadata. A run
 is applied directly, or dry-run first (the model must not change) and then
 re-applied from its plan; a plan saved as JSON is re-applied on a source that
@@ -178,7 +179,9 @@ def quiet(fn: Callable[[], Report]) -> Report:
 # --- the property ------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(
     spec=specs(),
     data=st.data(),
