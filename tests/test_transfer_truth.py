@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -196,8 +196,6 @@ def test_the_report_agrees_with_the_values_in_the_model(
     tmp_path_factory: pytest.TempPathFactory, spec: list[Spec], data: st.DataObject, tied_source: bool, prefix: str,
     as_safetensors: bool, factory: bool, dry_run: bool, replan: bool,
 ) -> None:
-    # Known failure, isolated in test_a_factory_keeps_two_parameters_over_one_view_shared (xfail) until fixed.
-    assume(not (factory and "sameview" in repr(spec)))
     counter = [1]
     source_model = build(spec, tied=tied_source)
     distinct_values(source_model, counter)
@@ -306,13 +304,11 @@ def test_a_source_that_is_the_target_moves_the_values_it_held(
     assert_report_is_true(report, model, before, before)
 
 
-@pytest.mark.xfail(strict=True, reason="a factory target built on meta unties two parameters over one tensor")
 def test_a_factory_keeps_two_parameters_over_one_view_shared() -> None:
-    """Built on meta, ``a, b = Parameter(base), Parameter(base)`` must stay one tensor, as the constructor makes it.
+    """Built on meta, ``a, b = Parameter(base), Parameter(base)`` stay one tensor, as the constructor makes it.
 
-    Today the factory's model holds two separate tensors: the report says both loaded from
-    their own keys (true of that model), but the model is not the one the constructor builds,
-    and its plan does not re-apply to a built model (``0.b: is tied to 0.a``).
+    The factory's model then is the one the constructor builds (two objects over one view),
+    and its plan re-applies to a built model.
     """
     spec: list[Spec] = [("sameview", 2)]
     source_model = build(spec)

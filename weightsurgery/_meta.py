@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterator
 
 import torch
 from torch import nn
+
+from weightsurgery.sources.shared import tensor_identity
 
 __all__ = ["Registration", "params_on_meta"]
 
@@ -56,6 +58,7 @@ def params_on_meta(keep: Collection[int] = ()) -> Iterator[list[Registration]]:
     registered: list[Registration] = []
     moved: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id(real) -> (real, meta): a tie stays a tie
     real: dict[int, nn.Parameter] = {}  # kept real; registered again (a tie), it stays real
+    views: dict[Hashable, tuple[nn.Parameter, torch.Tensor]] = {}  # view identity -> (real, meta data)
 
     def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
         original(self, name, param)
@@ -69,7 +72,9 @@ def params_on_meta(keep: Collection[int] = ()) -> Iterator[list[Registration]]:
             return
         seen = moved.get(id(param))
         if seen is None or seen[0] is not param:
-            seen = (param, type(param)(param.to("meta"), requires_grad=param.requires_grad))
+            # two Parameter objects over one view of a tensor stay two objects over one meta tensor
+            view = views.setdefault(tensor_identity(param), (param, param.to("meta")))
+            seen = (param, type(param)(view[1], requires_grad=param.requires_grad))
             moved[id(param)] = seen
         self._parameters[name] = seen[1]
 
