@@ -8,8 +8,9 @@ import difflib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -27,7 +28,9 @@ from weightsurgery.report import KeyRecord, Report, entry_loaded_numel
 from weightsurgery.sources.checkpoint import Checkpoint
 from weightsurgery.sources.resolve import resolve
 
-if TYPE_CHECKING:
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # typing_extensions comes with torch
     from typing_extensions import Unpack
 
 __all__ = ["LOW_COVERAGE", "transfer"]
