@@ -223,3 +223,16 @@ def test_two_parameters_over_one_meta_view_stay_one_tensor_when_materialized() -
     assert report.records["b"].status == "tied" and report.missing_keys == []
     assert target.a is not target.b and target.a.data_ptr() == target.b.data_ptr()  # two objects, one view
     assert torch.equal(target.b, src)
+
+
+def test_a_dry_run_says_that_apply_will_check_overlapping_views() -> None:
+    target = Overlapping()
+    source = {"full": torch.arange(6.0).reshape(3, 2), "row": torch.tensor([7.0, 8.0])}
+    note = (
+        "target tensors full and row share memory (views of one tensor): apply raises "
+        "SharedMemoryConflictError unless the values they would get agree"
+    )
+    report = transfer(source, target, dry_run=True)
+    assert report.warnings == (note,) and report.mapping == {"full": "full", "row": "row"}
+    assert torch.equal(target.full, torch.zeros(3, 2))
+    assert transfer(source, nn.Linear(2, 3), dry_run=True, key_map={"weight": "full"}).warnings == ()

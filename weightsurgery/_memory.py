@@ -19,12 +19,14 @@ import bisect
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from weightsurgery.errors import SharedMemoryConflictError
 from weightsurgery.match.plan import Action, Plan
+from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.shared import memory_extent, overlapping
 
-__all__ = ["aliases_target", "check_overlaps", "target_memory"]
+__all__ = ["aliases_target", "check_overlaps", "overlap_notes", "target_memory"]
 
 
 def target_memory(current: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int]]:
@@ -107,6 +109,28 @@ def check_overlaps(current: Mapping[str, torch.Tensor], staged: Mapping[str, tor
         keys=conflicts,
         sources=origin,
     )
+
+
+def overlap_notes(module: nn.Module, target: TargetSpec, plan: Plan) -> list[str]:
+    """For a dry run: the overlapping target tensors whose values apply will check, one note for all.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from weightsurgery.match.plan import Plan
+        >>> m = nn.Module()
+        >>> base = torch.zeros(2, 2)
+        >>> m.full, m.row = nn.Parameter(base), nn.Parameter(base[0])
+        >>> overlap_notes(m, TargetSpec.from_module(m), Plan({}))
+        ['target tensors full and row share memory (views of one tensor): apply raises SharedMemoryConflictError unless the values they would get agree']
+    """
+    state = module.state_dict(keep_vars=True)
+    pairs = overlapping({k: state[k] for k in target.tensors if k in state and not state[k].is_meta})
+    if not pairs:
+        return []
+    listed = "; ".join(f"{a} and {b}" for a, b in pairs)
+    return [f"target tensors {listed} share memory (views of one tensor): apply raises "
+            "SharedMemoryConflictError unless the values they would get agree"]
 
 
 def _origin(plan: Plan, key: str, written: bool) -> str:

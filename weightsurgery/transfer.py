@@ -16,6 +16,7 @@ from torch import nn
 
 from weightsurgery._grouping import group_keys
 from weightsurgery._warn import warn_user
+from weightsurgery._memory import overlap_notes
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.extra_state import check_strict_extra_state, extra_state_plan, unused_extra_state
@@ -216,6 +217,8 @@ def _run(
     rules.check({k: target.tensors[k] for k in init_keys})
 
     notes = _check_coverage(the_plan, target, checkpoint, min_coverage)
+    if dry_run:  # values are not read on a dry run: say what apply will check
+        notes += overlap_notes(module, target, the_plan)
     if strict:
         _check_strict(the_plan, init_keys)
         check_strict_extra_state(the_plan, target, checkpoint.metadata.get("extra_state", {}))
