@@ -69,7 +69,7 @@ def transfer(
     Matching tries every strategy by default (exact names, wrapper prefixes,
     fused projections, suffixes, structural alignment) and never guesses: an
     ambiguous key is left unmatched, initialized, and reported with its reason.
-    Only the leftovers are initialized.
+    Leftovers keep their constructor's values unless ``init=`` names them.
 
     Args:
         src: a path (``.safetensors``, ``.pth``, ``.bin``, ``.ckpt``, a sharded
@@ -118,7 +118,7 @@ def transfer(
             - ``key_map``: an exact ``{target_key: source_key}`` map, the direction
               of ``report.mapping``: ``key_map={"fc.weight": "head.w"}``.
             - ``exclude``: target-key globs (or ``re:`` regexes) never loaded, e.g.
-              ``"fc.*"`` for a fresh head of the same shape; they are initialized.
+              ``"fc.*"`` for a fresh head of the same shape; they are left over.
             - ``strategies``: restrict matching to these strategy names
               (see ``weightsurgery.match.planner.STRATEGIES``). Naming them is also
               the opt-in for a source and target that look unrelated, where by

@@ -81,8 +81,9 @@ def add_transfer_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the plan: init, rules, recipe, mismatch policy, strictness, a saved mapping."""
     group = parser.add_argument_group("transfer")
     group.add_argument("--init", metavar="SPEC",
-                       help="fallback init for keys the source does not fill, e.g. 'trunc_normal(std=0.02)', "
-                       "'zeros'; default: each module's own init")
+                       help="init for keys the source does not fill, e.g. 'trunc_normal(std=0.02)', 'zeros', "
+                       "'reset' (each module's own init); default: they keep the values the model's constructor "
+                       "gives them")
     group.add_argument("--rule", action="append", default=[], metavar="PATTERN=SPEC",
                        help="init rule for target keys matching PATTERN (glob), e.g. 'head.*=zeros'; "
                        "first match wins, --init is the catch-all; repeatable")
@@ -93,14 +94,15 @@ def add_transfer_options(parser: argparse.ArgumentParser) -> None:
                        help="fill TARGET_KEY exactly from SOURCE_KEY, before any matching, e.g. "
                        "--key-map head.weight fc.weight; repeatable")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                       help="never load target keys matching PATTERN (glob, or re:REGEX); they are initialized, "
-                       "e.g. --exclude 'fc.*'; repeatable")
+                       help="never load target keys matching PATTERN (glob, or re:REGEX); they are left like any "
+                       "key the source does not fill, e.g. --exclude 'fc.*'; repeatable")
     group.add_argument("--recipe", metavar="FILE", type=Path,
                        help="a recipe (JSON/YAML) with rename, key_map, adapt and init rules")
     group.add_argument("--mapping", metavar="FILE", type=Path,
                        help="re-apply a mapping saved with --save-mapping instead of matching again")
     group.add_argument("--save-mapping", metavar="FILE", type=Path, help="save the plan as JSON, to edit or re-apply")
-    group.add_argument("--seed", type=int, metavar="N", help="seed for the fallback init (reproducible leftovers)")
+    group.add_argument("--seed", type=int, metavar="N",
+                       help="seed for the inits that run (reproducible leftovers); it does not re-initialize anything")
     group.add_argument("--on-mismatch", choices=("init", "adapt", "error"), default="init",
                        help="a name match whose shapes differ: initialize it (default), adapt it, or fail")
     group.add_argument("--strict", action="store_true",
