@@ -614,6 +614,32 @@ class NamedCRNN(nn.Module):
         return self.classifier(self.sequence(f)[0])
 
 
+class SplitBiLSTM(nn.Module):
+    """A 2-layer bidirectional LSTM as separate per-layer forward and backward modules (as ONNX/TF ports split it)."""
+
+    def __init__(self, inputs: int = 512, hidden: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        sizes = [inputs] + [2 * hidden] * (layers - 1)
+        self.forward_layers = nn.ModuleList(nn.LSTM(n, hidden) for n in sizes)
+        self.backward_layers = nn.ModuleList(nn.LSTM(n, hidden) for n in sizes)
+
+    def forward(self, x: Tensor) -> Tensor:  # (T, B, C), time-major
+        for fwd, bwd in zip(self.forward_layers, self.backward_layers):
+            x = torch.cat([fwd(x)[0], bwd(x.flip(0))[0].flip(0)], -1)
+        return x
+
+
+class SplitCRNN(NamedCRNN):
+    """:class:`NamedCRNN` whose BiLSTM is split per layer and direction."""
+
+    def __init__(self, classes: int = 984) -> None:
+        super().__init__(classes)
+        self.sequence = SplitBiLSTM()  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.sequence(self.backbone(x).mean(dim=2).permute(2, 0, 1)))
+
+
 def khmer_into_named(tmp: Path) -> Built:
     from khmer_ocr_ocm.model import CRNN
 
@@ -681,6 +707,17 @@ def lpips_vgg_into_alex_trap(tmp: Path) -> Built:
     return Built(path, _load(path), target, {}, None)
 
 
+def khmer_into_split(tmp: Path) -> Built:
+    """The CRNN's ``nn.LSTM(num_layers=2, bidirectional=True)`` into per-layer forward/backward ``nn.LSTM`` modules."""
+    built = khmer_into_named(tmp)
+    truth = {k: v for k, v in built.truth.items() if not k.startswith("sequence.")}
+    for k in range(2):
+        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            truth[f"sequence.forward_layers.{k}.{p}_l0"] = built.source[f"rnn.{p}_l{k}"]
+            truth[f"sequence.backward_layers.{k}.{p}_l0"] = built.source[f"rnn.{p}_l{k}_reverse"]
+    return Built(built.given, built.source, SplitCRNN(), truth, built.check, SplitCRNN)
+
+
 def khmer_into_data_parallel(tmp: Path) -> Built:
     """The same renamed CRNN inside ``nn.DataParallel`` (``module.`` before every key)."""
     built = khmer_into_named(tmp)
@@ -720,6 +757,8 @@ CASES: tuple[RealCase, ...] = (
     RealCase("silero-vad LSTMCell -> nn.LSTM re-impl", "silero-vad", "recurrent, safetensors", silero_into_lstm),
     RealCase("khmer-ocr CRNN (nested) -> named CRNN", "khmer-ocr-ocm", "nested dict, BiLSTM, renumbered",
              khmer_into_named),
+    RealCase("khmer-ocr CRNN (nested) -> split forward/backward LSTMs", "khmer-ocr-ocm",
+             "recurrent: BiLSTM per layer and direction", khmer_into_split),
     RealCase("khmer-ocr CRNN (nested) -> DataParallel(named CRNN)", "khmer-ocr-ocm", "wrapper prefix, BiLSTM",
              khmer_into_data_parallel),
     RealCase("lpips alex heads -> ModuleList", "lpips", "repeated shapes", _lpips("alex")),

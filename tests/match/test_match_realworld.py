@@ -54,6 +54,7 @@ FLOORS = {
     "resemblyzer legacy+Adam -> LSTMCell stack": 14,
     "silero-vad LSTMCell -> nn.LSTM re-impl": 15,
     "khmer-ocr CRNN (nested) -> named CRNN": 67,
+    "khmer-ocr CRNN (nested) -> split forward/backward LSTMs": 67,
     "khmer-ocr CRNN (nested) -> DataParallel(named CRNN)": 67,
     "lpips alex heads -> ModuleList": 5,
     "lpips vgg heads -> ModuleList": 5,
