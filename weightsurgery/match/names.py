@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from weightsurgery.errors import PlanError
 from weightsurgery.match.base import Abstain, Match, MatchContext, Strategy, StrategyResult
@@ -153,20 +153,42 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
 
 def _collect(
     keys: Sequence[str], other: set[str], order: Iterator[int], *, stripped: bool
-) -> dict[str, list[tuple[int, str, str]]]:
-    """prefix -> ``(rank, target, source)`` for every ``key = prefix + rest`` with ``rest`` in ``other``."""
-    found: dict[str, list[tuple[int, str, str]]] = {}
+) -> dict[str, _Group]:
+    """prefix -> the candidates ``key = prefix + rest`` with ``rest`` in ``other``, in key order."""
+    found: dict[str, _Group] = {}
     for key in keys:
         start = 0
         dot = key.find(".")
         while dot >= 0 and not key[start:dot].isdigit():
             rest = key[dot + 1 :]
             if rest in other:
-                pair = (rest, key) if stripped else (key, rest)
-                found.setdefault(key[: dot + 1], []).append((next(order), *pair))
+                prefix = key[: dot + 1]
+                group = found.get(prefix)
+                if group is None:
+                    group = found[prefix] = _Group()
+                group.ranks.append(next(order))
+                group.targets.append(rest if stripped else key)
+                group.sources.append(key if stripped else rest)
             start = dot + 1
             dot = key.find(".", start)
     return found
+
+
+class _Group:
+    """The candidates of one ``(kind, prefix)``: parallel lists, so a key costs no tuple of its own."""
+
+    __slots__ = ("ranks", "sources", "targets")
+
+    def __init__(self) -> None:
+        self.ranks: list[int] = []  # each candidate's place in key order
+        self.targets: list[str] = []
+        self.sources: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ranks)
+
+    def triples(self) -> Iterator[tuple[int, str, str]]:
+        return zip(self.ranks, self.targets, self.sources)
 
 
 class _Candidates:
@@ -178,10 +200,9 @@ class _Candidates:
     """
 
     def __init__(self) -> None:
-        # (kind, prefix) -> [(rank, target, source)]; rank is the candidate's place in key order
-        self.groups: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        self.groups: dict[tuple[str, str], _Group] = {}
 
-    def add(self, kind: str, by_prefix: Mapping[str, list[tuple[int, str, str]]]) -> None:
+    def add(self, kind: str, by_prefix: Mapping[str, _Group]) -> None:
         self.groups.update(((kind, p), g) for p, g in by_prefix.items())
 
     def assign(self, ctx: MatchContext) -> StrategyResult:
@@ -189,12 +210,15 @@ class _Candidates:
         if not groups:
             return StrategyResult()
         tensors, source = ctx.target.tensors, ctx.source
-        fits = {kp: sum(1 for _, t, s in g if tensors[t].shape == source[s].shape) for kp, g in groups.items()}
+        fits = {
+            kp: sum(1 for t, s in zip(g.targets, g.sources) if tensors[t].shape == source[s].shape)
+            for kp, g in groups.items()
+        }
         rivals: dict[str, list[tuple[str, str]]] = {}  # target -> the (kind, prefix) of each candidate, if several
         if len(groups) > 1:
             by_target: dict[str, list[tuple[str, str]]] = defaultdict(list)
             for kp, g in groups.items():
-                for _, t, _ in g:
+                for t in g.targets:
                     by_target[t].append(kp)
             rivals = {t: kps for t, kps in by_target.items() if len(kps) > 1}
 
@@ -208,17 +232,22 @@ class _Candidates:
         matches: list[Match] = []
         for _, same_score in itertools.groupby(sorted(groups, key=score, reverse=True), key=score):
             kps = list(same_score)
-            members = groups[kps[0]] if len(kps) == 1 else sorted(c for kp in kps for c in groups[kp])
-            kp_of = {} if len(kps) == 1 else {(c[1], c[2]): kp for kp in kps for c in groups[kp]}
-            tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
+            evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
             per_t: dict[str, list[str]] = {}  # target -> sources competing for it in this tier
             per_s: dict[str, list[str]] = {}  # source -> targets competing for it in this tier
-            if len(kps) > 1:
+            kp_of: dict[tuple[str, str], tuple[str, str]] = {}
+            if len(kps) == 1:  # no key twice in one group: filtering as we go is filtering first
+                tier: Iterable[tuple[int, str, str]] = groups[kps[0]].triples()
+            else:
+                kp_of = {(t, s): kp for kp in kps for _, t, s in groups[kp].triples()}
+                members = sorted(c for kp in kps for c in groups[kp].triples())
+                tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
                 for _, tgt, src in tier:
                     per_t.setdefault(tgt, []).append(src)
                     per_s.setdefault(src, []).append(tgt)
-            evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
             for _, tgt, src in tier:
+                if tgt in taken_t or src in taken_s or tgt in blocked:
+                    continue
                 if per_t and (len(per_t[tgt]) > 1 or len(per_s[src]) > 1):
                     blocked[tgt] = _tie(tgt, per_t, per_s)
                     continue
