@@ -31,6 +31,7 @@ from weightsurgery.match.base import Match, MatchContext, Strategy
 from weightsurgery.match.layout import MismatchPolicy, transposed_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
 from weightsurgery.match.options import PlanOptions, check_key_forms
+from weightsurgery.match.numbering import NAME_STRATEGIES, refuse_shifted_numbering
 from weightsurgery.match.plan import Action, Plan, PlanEntry
 from weightsurgery.match.related import veto_unrelated
 from weightsurgery.match.target import TargetSpec
@@ -154,10 +155,13 @@ def make_plan(
     # One set of each side's open keys for the whole run, updated as matches land:
     # each key costs O(1) per strategy that still sees it, never a scan of all keys.
     open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
+    numbering: dict[str, object] = {}  # both sides' numbered containers, indexed once when first needed
     for name, strategy in _strategy_list(options):
         if not open_t:
             break  # everything is explained: later strategies see nothing and cost nothing
         result = strategy(ctx)
+        if name in NAME_STRATEGIES:
+            result = refuse_shifted_numbering(result, ctx, numbering)
         logger.debug("%s: %d matches, %d abstentions", name, len(result.matches), len(result.abstentions))
         closed = len(open_t), len(open_s)
         for m in result.matches:
