@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from weightsurgery._io import atomic_write_text
 from weightsurgery.adapt.rules import AdaptRule
@@ -182,6 +181,8 @@ class Recipe:
         return cls.from_dict(data, path=path)
 
     def to_yaml(self) -> str:
+        import yaml  # imported when a recipe is written as YAML, not with the package
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     @classmethod
@@ -191,6 +192,8 @@ class Recipe:
         Raises:
             RecipeError: invalid YAML (with the position) or a bad field.
         """
+        import yaml
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from timm.models import adapt_input_conv
 from torch import Tensor
 
 from weightsurgery.adapt.registry import one_tensor, register_adapter
@@ -54,6 +53,7 @@ def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
         return weight
     # timm works on 4D OIHW weights; flatten any kernel into H and restore it afterwards.
     flat = weight.reshape(out_ch, base, -1, 1)
+    from timm.models import adapt_input_conv  # timm is imported when an adapter runs, not with the package
     adapted = adapt_input_conv(in_chans, flat, base_chans=base)
     return adapted.reshape(out_ch, in_chans, *kernel)
 

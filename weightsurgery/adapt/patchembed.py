@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from timm.layers import resample_patch_embed
 from torch import Tensor
 
 from weightsurgery.adapt.registry import one_tensor, register_adapter
@@ -60,6 +59,7 @@ def resample_patch_kernel(
         raise AdapterError(f"patch_embed: new_size must be two positive ints (H, W), got {list(new_size)}")
     if interpolation not in ("bicubic", "bilinear"):
         raise AdapterError(f"patch_embed: interpolation={interpolation!r}; valid modes are bicubic, bilinear")
+    from timm.layers import resample_patch_embed  # timm is imported when an adapter runs, not with the package
     return resample_patch_embed(weight, size, interpolation=interpolation, antialias=antialias)
 
 

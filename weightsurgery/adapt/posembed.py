@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 from weightsurgery.adapt.registry import one_tensor, register_adapter
@@ -83,6 +82,7 @@ def resample_pos_embed(
             "set num_prefix_tokens and old_grid in adapter_args"
         )
     batched = posemb if posemb.dim() == 3 else posemb.unsqueeze(0)
+    from timm.layers import resample_abs_pos_embed  # timm is imported when an adapter runs, not with the package
     out = resample_abs_pos_embed(
         batched,
         new_size=list(new),
