@@ -154,7 +154,8 @@ def test_counterpart_absent_under_the_subtree_rename_is_not_filled_from_elsewher
     assert abstain.target == "pooler.attn_pool.weight"
     assert abstain.reason == (
         "counterpart absent: the source has no bert.pooler.attn_pool.weight, and 2 of the 3 tensors in the model "
-        "loaded under that rename (added 'bert.'); not filling it from cls.attn_pool.weight"
+        "loaded under that rename (added 'bert.'); no unused source tensor sized (4, 4) sits in 'bert'; "
+        "not filling it from cls.attn_pool.weight"
     )
 
 
@@ -202,3 +203,15 @@ def test_absent_counterpart_is_reported_even_without_a_look_alike() -> None:
     [abstain] = result.abstentions
     assert abstain.reason.startswith("counterpart absent: the source has no bert.pooler.dense.weight, and 2 of the 3")
     assert "not filling" not in abstain.reason  # dense.weight alone is generic: no look-alike was considered
+
+
+def test_a_lookalike_in_the_region_keeps_the_key_open_for_structure() -> None:
+    """A port renamed one layer (``conv6`` for ``fc6``): not absent, since a tensor of its shape is unused there."""
+    target = {"encoder.attn.weight": (4, 4), "encoder.mlp.weight": (4, 4), "encoder.fc6.weight": (6, 4)}
+    source = {"bert.encoder.attn.weight": (4, 4), "bert.encoder.mlp.weight": (4, 4), "bert.encoder.conv6.weight": (6, 4)}
+    result = _closed(target, source, {"encoder.attn.weight": "bert.encoder.attn.weight",
+                                      "encoder.mlp.weight": "bert.encoder.mlp.weight"})
+    assert mapping(result) == {}
+    [abstain] = result.abstentions
+    assert not abstain.final and abstain.candidates == ("bert.encoder.conv6.weight",)
+    assert abstain.reason.startswith("no counterpart by name: the source has no bert.encoder.fc6.weight")

@@ -84,6 +84,8 @@ class MatchContext:
         open_targets: canonical target keys not yet matched, in module order.
         open_sources: source keys not yet used, in source order.
         source_metadata: the checkpoint's metadata (label names, classifier...).
+        matched: target key -> source key of the pairs earlier strategies loaded
+            (evidence of which containers correspond, for structural alignment).
     """
 
     source: Mapping[str, TensorMeta]
@@ -91,6 +93,7 @@ class MatchContext:
     open_targets: list[str]
     open_sources: list[str]
     source_metadata: Mapping[str, object] = field(default_factory=dict)
+    matched: Mapping[str, str] = field(default_factory=dict)
 
 
 Strategy = Callable[[MatchContext], StrategyResult]

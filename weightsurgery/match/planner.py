@@ -156,6 +156,8 @@ def make_plan(
     # each key costs O(1) per strategy that still sees it, never a scan of all keys.
     open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
     numbering: dict[str, object] = {}  # both sides' numbered containers, indexed once when first needed
+    matched = {k: e.source for k, e in decided.items() if e.source and e.action in (Action.LOAD, Action.ADAPT)}
+    ctx.matched = matched  # what earlier strategies loaded: evidence of corresponding containers
     for name, strategy in _strategy_list(options):
         if not open_t:
             break  # everything is explained: later strategies see nothing and cost nothing
@@ -178,6 +180,8 @@ def make_plan(
             if entry.action is Action.INIT and entry.source_shape is not None and options.on_mismatch == "error":
                 mismatches.append(entry)
             decided[m.target] = entry
+            if entry.source and entry.action in (Action.LOAD, Action.ADAPT):
+                matched[m.target] = entry.source
             open_t.discard(m.target)
             if m.sources:
                 open_s.difference_update(m.sources)

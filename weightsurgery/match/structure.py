@@ -60,12 +60,13 @@ import torch
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
 from weightsurgery.match.order import looks_sorted
-from weightsurgery.match.structure_align import align
+from weightsurgery.match.structure_align import Cells, align_band
 from weightsurgery.match.structure_bags import align_bags
 from weightsurgery.match.structure_groups import Group, build_groups, describe, names_give_order, sequence
 from weightsurgery.match.structure_leaves import counterpart, pair_leaves
+from weightsurgery.match.structure_regions import crossing, pair_in_regions
 from weightsurgery.match.structure_siblings import mutual_best, open_twins, resolve_siblings
-from weightsurgery.match.tokens import index_agreement, name_similarity
+from weightsurgery.match.tokens import concepts, name_similarity, numeric_components
 
 __all__ = ["MIN_COVERAGE", "MIN_RUN", "match_structure"]
 
@@ -88,6 +89,7 @@ class _Pair:
     s: Group
     evidence: str
     anchored: bool = False  # in a run of aligned neighbours (not a lone unique module)
+    region: bool = False  # paired inside containers that other pairs tie together
 
 
 @dataclass
@@ -145,7 +147,13 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
         outcome = _align(ts, ss)
     else:  # an order rebuilt from sorted names is real only where numbers give it
         outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
+    _withdraw_crossing(outcome)
+    ordered = t_trusted and s_trusted
+    prior = _prior_modules(ctx)
+    outcome.accepted += _in_regions(ts, ss, outcome, prior, ordered=ordered)
     outcome.accepted += _residual(ts, ss, outcome)
+    _withdraw_crossing(outcome)
+    outcome.accepted += _in_regions(ts, ss, outcome, prior, ordered=ordered)
     for index, refusals in outcome.tied.items():
         if index not in outcome.settled_t:
             outcome.abstentions += refusals
@@ -171,7 +179,8 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
 
 def _align(ts: Sequence[Group], ss: Sequence[Group]) -> _Outcome:
     """Both sides in module order: pairs every optimal alignment agrees on, siblings sorted out, anchors marked."""
-    alignment = align(_weights(ts, ss))
+    cells, w_max = _cells(ts, ss)
+    alignment = align_band(len(ts), len(ss), cells, w_max=w_max)
     certain = {i: j for i in range(len(ts)) if (j := alignment.certain(i)) is not None}
     runs = _run_lengths(certain)  # a doubted pair still shows where the two orders agree around it
     doubted = _withdraw_open_twins(certain, ts, ss)
@@ -259,6 +268,43 @@ def _settle(accepted: list[_Pair], contested: Sequence[tuple[Sequence[Group], Se
     return outcome
 
 
+def _withdraw_crossing(outcome: _Outcome) -> None:
+    """Withdraw accepted pairs that cross the containers the other pairs tie together.
+
+    Their modules stay closed to elimination, but a region may pair them again.
+    """
+    bad = set(crossing([(p.t, p.s) for p in outcome.accepted]))
+    for n in sorted(bad):
+        p = outcome.accepted[n]
+        outcome.abstentions += _abstain_groups(
+            [p.t],
+            [p.s],
+            f"withdrawn: module {_p(p.t.path)} ({describe(p.t.signature)}) aligns with {_p(p.s.path)} by order, "
+            "but the modules around each of them pair with other containers",
+        )
+    outcome.accepted = [p for n, p in enumerate(outcome.accepted) if n not in bad]
+
+
+def _in_regions(
+    ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome, prior: Sequence[tuple[str, str]], *, ordered: bool
+) -> list[_Pair]:
+    """Open modules paired inside containers that the accepted pairs tie together (:mod:`structure_regions`)."""
+    found = pair_in_regions(ts, ss, [(p.t, p.s) for p in outcome.accepted], prior=prior, ordered=ordered)
+    out = []
+    for t, s, evidence in found:
+        out.append(_Pair(t, s, f"aligned module {_p(s.path)} <-> {_p(t.path)} {evidence}", region=True))
+        outcome.settled_t.add(t.index)
+        outcome.settled_s.add(s.index)
+    return out
+
+
+def _prior_modules(ctx: MatchContext) -> list[tuple[str, str]]:
+    """Module pairs behind the tensors earlier strategies loaded."""
+    spec = ctx.target.tensors
+    pairs = {(spec[t].module, s.rpartition(".")[0]) for t, s in ctx.matched.items() if t in spec}
+    return sorted(pairs)
+
+
 def _tensor_matches(outcome: _Outcome) -> list[Match]:
     """One match per tensor of every accepted module pair whose tensors pair up unambiguously."""
     matches: list[Match] = []
@@ -282,29 +328,64 @@ def _p(path: str) -> str:
     return path or "(root)"
 
 
-def _weights(ts: Sequence[Group], ss: Sequence[Group]) -> torch.Tensor:
-    """Pair scores: one unit per aligned module, name evidence as a tie-breaker below one unit.
+def _cells(ts: Sequence[Group], ss: Sequence[Group]) -> tuple[Cells, int]:
+    """Pair scores, as a function of index tensors: one unit per aligned module, names as a tie-breaker.
 
     Every module counts the same: a norm's four vectors are not four times the
     evidence of a conv's one kernel, or an alignment that skips the convs to
-    pair every norm would win where a shortcut moved.
+    pair every norm would win where a shortcut moved. Name evidence stays
+    under one unit in total. Names are compared once per pair of concept sets
+    (:func:`~weightsurgery.match.tokens.concepts`), not once per module pair,
+    so a deep stack of repeated blocks costs a few comparisons.
+
+    Returns:
+        The cell function and the largest weight it can return.
     """
     unit = _NAME_SCALE * min(len(ts), len(ss)) + 1
-    by_sig: dict[object, list[int]] = {}
-    for j, s in enumerate(ss):
-        by_sig.setdefault(s.signature, []).append(j)
-    rows, cols, vals = [], [], []
-    for i, t in enumerate(ts):
-        for j in by_sig.get(t.signature, ()):
-            path = ss[j].path
-            names = 0.75 * name_similarity(t.path, path) + 0.25 * index_agreement(t.path, path)
-            rows.append(i)
-            cols.append(j)
-            vals.append(unit + round((_NAME_SCALE - 1) * names))
-    weights = torch.full((len(ts), len(ss)), -1, dtype=torch.int64)
-    if rows:
-        weights[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(vals, dtype=torch.int64)
-    return weights
+    sig_ids: dict[object, int] = {}
+    name_ids: dict[tuple[str, ...], int] = {}
+    num_ids: dict[tuple[int, ...], int] = {}
+
+    def ids(groups: Sequence[Group], empty_last: int) -> tuple[torch.Tensor, ...]:
+        sig, name, num, last = [], [], [], []
+        for g in groups:
+            sig.append(sig_ids.setdefault(g.signature, len(sig_ids)))
+            name.append(name_ids.setdefault(tuple(sorted(concepts(g.path))), len(name_ids)))
+            numbers = numeric_components(g.path)
+            num.append(num_ids.setdefault(numbers, len(num_ids)))
+            last.append(numbers[-1] if numbers else empty_last)
+        return tuple(torch.tensor(x, dtype=torch.int64) for x in (sig, name, num, last))
+
+    t_sig, t_name, t_num, t_last = ids(ts, -1)
+    s_sig, s_name, s_num, s_last = ids(ss, -2)  # an empty index never agrees in its last number
+    names = list(name_ids)
+    width = len(names)
+
+    def cells(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        out = torch.full(rows.shape, -1, dtype=torch.int64)
+        same = t_sig[rows] == s_sig[cols]
+        r, c = rows[same], cols[same]
+        combo = t_name[r] * width + s_name[c]
+        uniq, inverse = torch.unique(combo, return_inverse=True)
+        sim = torch.tensor(
+            [_similarity(names[u // width], names[u % width]) for u in uniq.tolist()], dtype=torch.float64
+        )
+        agree = torch.where(
+            t_num[r] == s_num[c], 1.0, torch.where(t_last[r] == s_last[c], 0.5, 0.0)
+        ).to(torch.float64)
+        score = 0.75 * sim[inverse] + 0.25 * agree
+        out[same] = unit + torch.round((_NAME_SCALE - 1) * score).to(torch.int64)
+        return out
+
+    return cells, unit + _NAME_SCALE - 1
+
+
+def _similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """:func:`~weightsurgery.match.tokens.name_similarity` of two concept multisets."""
+    if not a and not b:
+        return 0.0
+    ca, cb = Counter(a), Counter(b)
+    return 2.0 * sum(min(n, cb[k]) for k, n in ca.items()) / (len(a) + len(b))
 
 
 def _run_lengths(pairs: dict[int, int]) -> dict[int, int]:
@@ -394,7 +475,10 @@ def _related(
     """Whether enough is explained to trust any of it (unrelated pairs collapse here)."""
     smaller = min(len(ctx.target.tensors), len(ctx.source))
     claimed = len(ctx.target.tensors) - len(ctx.open_targets)
-    if smaller == 0 or (claimed + len(matches)) / smaller < MIN_COVERAGE:
+    # pairs found inside tied containers lean on other pairs: they do not make a pairing look related
+    leaning = {k for p in accepted if p.region for k in (*p.t.leaves.values(), *p.t.counters.values())}
+    own = sum(1 for m in matches if m.target not in leaning)
+    if smaller == 0 or (claimed + own) / smaller < MIN_COVERAGE:
         return False
     anchored = any(p.anchored for p in accepted)
     explained = len(accepted) == min(len(ts), len(ss))

@@ -35,6 +35,7 @@ abstention says so, and the key stays open for later strategies.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -147,11 +148,11 @@ def match_suffix(ctx: MatchContext) -> StrategyResult:
             candidates = index.get((parts[-k:], numbers), [])
             if candidates:
                 break
-        absent = renames.absent_counterpart(target)
+        absent, lookalikes = renames.absent_counterpart(target, tt.shape)
         if absent:
             if candidates:
                 absent += f"; not filling it from {', '.join(candidates)}"
-            abstentions.append(Abstain(target, absent, (), STRATEGY, final=True))
+            abstentions.append(Abstain(target, absent, lookalikes, STRATEGY, final=not lookalikes))
             continue
         if not candidates:
             continue
@@ -244,6 +245,10 @@ class _SubtreeRenames:
             for prefix, rest in prefix_splits(s):
                 self._added[rest].append(prefix)
         self._ruling: dict[str, tuple[Rename, int] | None] = {}
+        by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for key in ctx.open_sources:
+            by_shape[tuple(ctx.source[key].shape)].append(key)
+        self._open_by_shape = {shape: sorted(keys) for shape, keys in by_shape.items()}
 
     def _renames(self, target: str) -> set[Rename]:
         found = {("", a) for a in self._added.get(target, ())}
@@ -258,29 +263,57 @@ class _SubtreeRenames:
             self._ruling[scope] = (best, n) if clear else None
         return self._ruling[scope]
 
-    def absent_counterpart(self, target: str) -> str:
-        """Why ``target``'s own counterpart is known to be absent from the source, or ``""``.
+    def absent_counterpart(self, target: str, shape: tuple[int, ...]) -> tuple[str, tuple[str, ...]]:
+        """Why ``target``'s own counterpart is missing by name, and the open look-alikes in its region.
 
         Looks at the nearest enclosing module that holds matched keys; if one
         rename explains most of that module's tensors (matched or not) and the
-        source lacks the renamed key, the counterpart is absent.
+        source lacks the renamed key, the name has no counterpart. It is
+        *absent* only when no unused source tensor of ``shape`` sits in the
+        aligned region (that module, renamed). Otherwise the look-alikes are
+        returned: a port may rename a layer (``conv6`` for ``fc6``), and
+        structural alignment may still pair it.
+
+        Returns:
+            ``("", ())`` when nothing is known; the reason and no candidates when
+            the counterpart is absent; the reason and the look-alikes otherwise.
         """
         scope = next((sc for sc in reversed(_scopes(target)) if self._closed.get(sc)), None)
         ruling = self._rule(scope) if scope is not None else None
         if ruling is None:
-            return ""
+            return "", ()
         (strip, add), n = ruling
         if not target.startswith(strip):
-            return ""
+            return "", ()
         expected = add + target[len(strip) :]
         if expected in self._source:
-            return ""
+            return "", ()
         rename = f"{strip!r} -> {add!r}" if strip else f"added {add!r}" if add else "same names"
         where = f"'{scope}'" if scope else "the model"
+        region = add + scope[len(strip) :] if scope.startswith(strip) else add + scope
+        region = region.rstrip(".")
+        lookalikes = self._open_under(region, shape)
+        evidence = f"{n} of the {self._size[scope]} tensors in {where} loaded under that rename ({rename})"
+        place = repr(region) if region else "the source"
+        if not lookalikes:
+            return (
+                f"counterpart absent: the source has no {expected}, and {evidence}; "
+                f"no unused source tensor sized {shape} sits in {place}"
+            ), ()
+        shown = ", ".join(lookalikes[:4]) + (" ..." if len(lookalikes) > 4 else "")
         return (
-            f"counterpart absent: the source has no {expected}, and {n} of the {self._size[scope]} tensors "
-            f"in {where} loaded under that rename ({rename})"
-        )
+            f"no counterpart by name: the source has no {expected}, and {evidence}; but unused {shown} "
+            f"sized {shape} sit in {place}, left to structural alignment"
+        ), tuple(lookalikes[:8])
+
+    def _open_under(self, region: str, shape: tuple[int, ...]) -> list[str]:
+        """Open source keys of ``shape`` under the module path ``region`` (every one for the root)."""
+        keys = self._open_by_shape.get(tuple(shape), [])
+        if not region:
+            return list(keys)
+        lo = bisect.bisect_left(keys, region + ".")
+        hi = bisect.bisect_left(keys, region + "/")  # "/" sorts right after "."
+        return keys[lo:hi]
 
 
 def _scopes(key: str) -> list[str]:
