@@ -215,3 +215,12 @@ def test_a_lookalike_in_the_region_keeps_the_key_open_for_structure() -> None:
     [abstain] = result.abstentions
     assert not abstain.final and abstain.candidates == ("bert.encoder.conv6.weight",)
     assert abstain.reason.startswith("no counterpart by name: the source has no bert.encoder.fc6.weight")
+
+
+def test_a_stripped_scope_looks_for_lookalikes_in_the_whole_source() -> None:
+    """``features.`` stripped: the region of ``features.conv4`` is the source root, where ``dense4`` sits."""
+    target = {"features.conv1.weight": (4, 4), "features.conv2.weight": (5, 4), "features.conv4.weight": (6, 4)}
+    source = {"conv1.weight": (4, 4), "conv2.weight": (5, 4), "dense4.weight": (6, 4)}
+    result = _closed(target, source, {"features.conv1.weight": "conv1.weight", "features.conv2.weight": "conv2.weight"})
+    [abstain] = result.abstentions
+    assert not abstain.final and abstain.candidates == ("dense4.weight",), abstain

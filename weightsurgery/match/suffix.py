@@ -290,8 +290,8 @@ class _SubtreeRenames:
             return "", ()
         rename = f"{strip!r} -> {add!r}" if strip else f"added {add!r}" if add else "same names"
         where = f"'{scope}'" if scope else "the model"
-        region = add + scope[len(strip) :] if scope.startswith(strip) else add + scope
-        region = region.rstrip(".")
+        scoped = f"{scope}." if scope else ""
+        region = (add + scoped[len(strip) :] if scoped.startswith(strip) else add + scoped).rstrip(".")
         lookalikes = self._open_under(region, shape)
         evidence = f"{n} of the {self._size[scope]} tensors in {where} loaded under that rename ({rename})"
         place = repr(region) if region else "the source"
