@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -45,3 +46,48 @@ def test_under_adapt_the_whole_transposed_layout_is_transposed_and_outputs_agree
     x = torch.randn(3, 4)
     for name in ("c_attn", "c_proj", "c_fc"):
         torch.testing.assert_close(getattr(dst, name)(x), getattr(src, name)(x))
+
+
+class ConvHead(nn.Module):
+    """A conv with a non-square kernel, flattened into a Linear."""
+
+    def __init__(self, names: tuple[str, str] = ("conv", "fc")) -> None:
+        super().__init__()
+        self.names = names
+        setattr(self, names[0], nn.Conv2d(2, 3, (1, 3)))
+        setattr(self, names[1], nn.Linear(3 * 4 * 2, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 2, 4, 4) -> (B, 3, 4, 2)
+        return getattr(self, self.names[1])(getattr(self, self.names[0])(x).flatten(1))
+
+
+def spatially_transposed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A port that stores maps as (C, W, H): kernels (kw, kh), and the Linear's input in (C, W, H) order."""
+    out = {}
+    for k, v in state.items():
+        if v.dim() == 4:
+            v = v.transpose(2, 3).contiguous()
+        elif v.dim() == 2:
+            v = v.reshape(v.shape[0], 3, 4, 2).transpose(2, 3).reshape(v.shape[0], -1).contiguous()
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("names", [("conv", "fc"), ("conv", "dense")])
+def test_a_linear_after_spatially_transposed_kernels_is_never_copied_plainly(names: tuple[str, str]) -> None:
+    src = ConvHead(names)
+    state = spatially_transposed(src.state_dict())
+    dst = ConvHead()
+    plan = make_plan({k: TensorMeta.of(v) for k, v in state.items()}, TargetSpec.from_module(dst))
+    entry = plan.entries["fc.weight"]
+    assert entry.action is Action.INIT, entry
+    assert "layout trap" in entry.evidence and "conv.weight" in entry.evidence
+    # the plain copy it refuses would indeed compute something else
+    x = torch.randn(2, 2, 4, 4)
+    plain = ConvHead()
+    with torch.no_grad():
+        plain.fc.weight.copy_(state[f"{names[1]}.weight"])
+        plain.fc.bias.copy_(state[f"{names[1]}.bias"])
+        plain.conv.weight.copy_(src.state_dict()[f"{names[0]}.weight"])
+        plain.conv.bias.copy_(src.state_dict()[f"{names[0]}.bias"])
+        assert not torch.allclose(plain(x), src(x))

@@ -248,3 +248,21 @@ def test_every_structural_abstention_names_candidates_when_any_exist() -> None:
     for key in ("1.a.weight", "1.b.bias", "1.c.weight"):
         assert len(reasons[key].candidates) == 3, reasons[key]
         assert all(c in source for c in reasons[key].candidates)
+
+
+def test_a_key_without_a_pairing_names_the_unused_tensors_of_its_shape() -> None:
+    """``p`` has a bias and ``x`` has none: no module pairs, but the report names ``x.weight`` for ``p.weight``."""
+
+    class Net(nn.Module):
+        def __init__(self, name: str, bias: bool) -> None:
+            super().__init__()
+            setattr(self, name, nn.Linear(4, 4, bias=bias))
+            self.head = nn.Linear(4, 3)
+
+    source = {k: TensorMeta.of(v) for k, v in Net("x", False).state_dict().items()}
+    plan = make_plan(source, TargetSpec.from_module(Net("p", True)))
+    assert plan.mapping == {"head.weight": "head.weight", "head.bias": "head.bias"}
+    entry = plan.entries["p.weight"]
+    assert entry.action is Action.INIT
+    assert entry.evidence.startswith("unpaired: unused source tensors sized (4, 4) exist (x.weight)"), entry.evidence
+    assert plan.entries["p.bias"].evidence == "no candidate: no unused source tensor is sized (4,)"

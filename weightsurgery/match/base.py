@@ -59,6 +59,7 @@ class Abstain:
         final: the strategy knows the key has no counterpart in the source (its
             siblings loaded under a rename that the source lacks for this key),
             so later strategies must not fill it: the planner closes the key.
+        fallback: a reason to show only where no other strategy gave one.
     """
 
     target: str
@@ -66,6 +67,7 @@ class Abstain:
     candidates: tuple[str, ...] = ()
     strategy: str = ""
     final: bool = False
+    fallback: bool = False
 
 
 @dataclass(frozen=True)

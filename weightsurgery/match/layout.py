@@ -3,11 +3,16 @@
 A square ``nn.Linear`` weight looks the same whether the source stores it as
 ``(out, in)`` (torch) or ``(in, out)`` (GPT-2's ``Conv1D``). Its non-square
 siblings do show the layout, so the planner runs this check after matching.
+
+Likewise a ``Linear`` that reads a flattened feature map has the same shape
+whether the source flattened ``(C, H, W)`` or ``(C, W, H)``; conv kernels that
+the source stores spatially transposed (``(kw, kh)`` for ``(kh, kw)``) show
+which (:func:`flatten_order`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Literal
 
@@ -16,7 +21,7 @@ from torch import nn
 from weightsurgery.match.plan import Action, PlanEntry
 from weightsurgery.match.target import TargetSpec
 
-__all__ = ["MismatchPolicy", "transposed_layout"]
+__all__ = ["MismatchPolicy", "flatten_order", "transposed_layout"]
 
 MismatchPolicy = Literal["init", "adapt", "error"]
 
@@ -65,6 +70,72 @@ def transposed_layout(
                 e, action=Action.INIT, evidence=(
                     f"layout unknown: {evidence}, and a square weight cannot show which; "
                     + ("pass on_mismatch='adapt' to transpose it" if not direct else "map it with an AdaptRule")
+                ),
+            )
+    return out
+
+
+def flatten_order(
+    decided: Mapping[str, PlanEntry], target: TargetSpec, source_shapes: Collection[tuple[int, ...]] = ()
+) -> dict[str, PlanEntry]:
+    """Linear weights after a conv whose source stores feature maps spatially transposed: never copied plainly.
+
+    Evidence: a non-square conv kernel matched with its two spatial dimensions
+    swapped (the source's ``(out, in, kw, kh)`` for the target's ``(out, in, kh, kw)``),
+    or one that no source tensor has, while one of ``source_shapes`` is its swap
+    (a renamed port, where nothing pairs the kernel by name).
+    Such a source flattens a feature map as ``(C, W, H)``, so a ``Linear`` whose
+    input is a flattened map (``in_features`` a multiple ``C * S``, ``S > 1``, of the
+    channels of the conv before it) computes something else when copied as is.
+    Which permutation undoes it needs the map's height and width, which
+    shapes alone do not give: such weights are initialized, with the reason.
+
+    Returns:
+        Replacement entries for the plain copies that would be wrong.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, (1, 3)), nn.Flatten(), nn.Linear(2 * 4 * 2, 3))
+        >>> spec = TargetSpec.from_module(net)
+        >>> decided = {"0.weight": PlanEntry("0.weight", Action.INIT, "0.weight", source_shape=(2, 1, 3, 1)),
+        ...            "2.weight": PlanEntry("2.weight", Action.LOAD, "2.weight", source_shape=(3, 16))}
+        >>> flatten_order(decided, spec)["2.weight"].action
+        <Action.INIT: 'init'>
+    """
+    swapped: list[str] = []
+    for k, e in decided.items():
+        t = target.tensors.get(k)
+        if t is None or e.source_shape is None or len(t.shape) != 4 or t.shape[2] == t.shape[3]:
+            continue
+        if tuple(e.source_shape) == (*t.shape[:2], t.shape[3], t.shape[2]):
+            swapped.append(k)
+    shapes = set(map(tuple, source_shapes))
+    for k, t in target.tensors.items():
+        if len(t.shape) == 4 and t.shape[2] != t.shape[3] and k not in swapped and tuple(t.shape) not in shapes:
+            if (*t.shape[:2], t.shape[3], t.shape[2]) in shapes:
+                swapped.append(k)
+    if not swapped:
+        return {}
+    evidence = f"conv kernels stored spatially transposed ({', '.join(swapped[:3])}{' ...' if len(swapped) > 3 else ''})"
+    out: dict[str, PlanEntry] = {}
+    channels: int | None = None
+    for k, t in target.tensors.items():
+        if t.name == "weight" and len(t.shape) == 4:
+            channels = t.shape[0]
+            continue
+        e = decided.get(k)
+        if e is None or e.action is not Action.LOAD or t.name != "weight" or len(t.shape) != 2:
+            continue
+        if not issubclass(t.module_type, nn.Linear) or channels is None:
+            continue
+        spatial, rest = divmod(t.shape[1], channels)
+        if rest == 0 and spatial > 1:
+            out[k] = replace(
+                e, action=Action.INIT, evidence=(
+                    f"layout trap: {k} reads a flattened map of {channels} channels x {spatial} positions, and the "
+                    f"source flattens (C, W, H): {evidence}; a plain copy would compute something else, and the "
+                    "map's height and width are unknown; map it with an AdaptRule if you know them"
                 ),
             )
     return out

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from weightsurgery.errors import PlanError, ShapeMismatchError
 from weightsurgery.match.base import Match, MatchContext, Strategy
-from weightsurgery.match.layout import MismatchPolicy, transposed_layout
+from weightsurgery.match.layout import MismatchPolicy, flatten_order, transposed_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
 from weightsurgery.match.options import PlanOptions, check_key_forms
 from weightsurgery.match.numbering import NAME_STRATEGIES, refuse_shifted_numbering
@@ -143,6 +143,7 @@ def make_plan(
     )
     decided: dict[str, PlanEntry] = {}
     reasons: dict[str, str] = {}
+    deferred: dict[str, PlanEntry] = {}  # name matches whose shapes differ, kept only if nothing better comes
     mismatches: list[PlanEntry] = []
     decide = _Decider(source, target, options, metadata)
     excluded = _excluded(target, options.exclude)
@@ -177,8 +178,16 @@ def make_plan(
             if m.adapter is None and m.source not in open_s and not m.copy:
                 continue
             entry = decide(m)
-            if entry.action is Action.INIT and entry.source_shape is not None and options.on_mismatch == "error":
-                mismatches.append(entry)
+            if entry.action is Action.INIT and entry.source_shape is not None:
+                if options.on_mismatch == "error":
+                    mismatches.append(entry)
+                elif sorted(entry.source_shape) != sorted(target.tensors[m.target].shape):
+                    # a same-named tensor of another size pairs nothing: both stay open for later strategies
+                    # (an old layout reusing names for other layers), and the key falls back to this entry.
+                    # A permuted shape (GPT-2's transposed Conv1D) is the same tensor in another layout: decided.
+                    deferred.setdefault(m.target, entry)
+                    reasons.setdefault(m.target, entry.evidence)
+                    continue
             decided[m.target] = entry
             if entry.source and entry.action in (Action.LOAD, Action.ADAPT):
                 matched[m.target] = entry.source
@@ -188,7 +197,7 @@ def make_plan(
             else:
                 open_s.discard(m.source)
         for a in result.abstentions:
-            if a.target in open_t:
+            if a.target in open_t and not (a.fallback and a.target in reasons):
                 reasons[a.target] = a.reason
                 if a.final:  # a veto: no later strategy may fill this key
                     decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
@@ -197,11 +206,14 @@ def make_plan(
             ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
             ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
 
-    decided.update(transposed_layout(decided, target, options.on_mismatch))
+    named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided}
+    decided.update(transposed_layout(named, target, options.on_mismatch))
+    decided.update(flatten_order({**named, **decided}, target, {tuple(m.shape) for m in source.values()}))
     filled = sum(1 for e in decided.values() if e.action is Action.LOAD or e.action is Action.ADAPT)
     if filled + len(excluded) < len(target.tensors):  # a plan that fills every key is related by any measure
+        named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided}
         decided.update(
-            veto_unrelated(decided, source, target, exclude=excluded, opted_in=options.strategies is not None)
+            veto_unrelated(named, source, target, exclude=excluded, opted_in=options.strategies is not None)
         )
     if mismatches:
         from weightsurgery.report import IncorrectShape
@@ -218,7 +230,7 @@ def make_plan(
 
     entries: dict[str, PlanEntry] = {}
     for key in target.tensors:
-        entry = decided.get(key)
+        entry = decided.get(key) or deferred.get(key)
         entries[key] = entry if entry is not None else PlanEntry(
             key, Action.INIT, evidence=reasons.get(key, "no candidate in the source")
         )

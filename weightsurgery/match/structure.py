@@ -170,7 +170,9 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
             "to trust the pairing with {source}; map it explicitly with key_map= if it is right"
         )
         refused = [Abstain(m.target, reason.format(source=m.source), (m.source,), STRATEGY) for m in matches]
-        return StrategyResult((), refused + outcome.abstentions)
+        said = refused + outcome.abstentions
+        return StrategyResult((), said + _unexplained(ctx, (), said))
+    outcome.abstentions += _unexplained(ctx, matches, outcome.abstentions)
     order = {k: n for n, k in enumerate(ctx.open_targets)}
     matches.sort(key=lambda m: order[m.target])
     logger.debug("structure: %d matches, %d abstentions", len(matches), len(outcome.abstentions))
@@ -466,6 +468,34 @@ def _unconfirmed(ts: Sequence[Group], ss: Sequence[Group], outcome: _Outcome) ->
             f"{', '.join(_p(g.path) for g in rivals[:4])}{' ...' if len(rivals) > 4 else ''}, but no run of aligned "
             "neighbours, unique weight shape or name confirms a pairing",
         )
+    return out
+
+
+def _unexplained(ctx: MatchContext, matches: Sequence[Match], abstentions: Sequence[Abstain]) -> list[Abstain]:
+    """A reason, naming the candidates, for every open key left without a match or a reason.
+
+    Shown only where no earlier strategy gave one: "no candidate" is said only
+    when no unused source tensor has the key's shape.
+    """
+    said = {m.target for m in matches} | {a.target for a in abstentions}
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for key in ctx.open_sources:
+        by_shape.setdefault(tuple(ctx.source[key].shape), []).append(key)
+    out = []
+    for key in ctx.open_targets:
+        if key in said:
+            continue
+        shape = tuple(ctx.target.tensors[key].shape)
+        rivals = by_shape.get(shape, [])
+        if not rivals:
+            reason = f"no candidate: no unused source tensor is sized {shape}"
+        else:
+            shown = ", ".join(rivals[:4]) + (" ..." if len(rivals) > 4 else "")
+            reason = (
+                f"unpaired: unused source tensors sized {shape} exist ({shown}), but no name, alignment, "
+                f"container or unique size pairs {key} with one; map it explicitly with rename= if you know the source"
+            )
+        out.append(Abstain(key, reason, tuple(rivals[:8]), STRATEGY, fallback=True))
     return out
 
 
