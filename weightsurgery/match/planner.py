@@ -212,9 +212,10 @@ def make_plan(
     filled = sum(1 for e in decided.values() if e.action is Action.LOAD or e.action is Action.ADAPT)
     if filled + len(excluded) < len(target.tensors):  # a plan that fills every key is related by any measure
         named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided}
-        decided.update(
-            veto_unrelated(named, source, target, exclude=excluded, opted_in=options.strategies is not None)
-        )
+        decided.update(veto_unrelated(
+            named, source, target, exclude=excluded, opted_in=options.strategies is not None,
+            evidence={**named, **deferred},  # a name refused for its size contradicts, whoever filled the key later
+        ))
     if mismatches:
         from weightsurgery.report import IncorrectShape
 

@@ -177,6 +177,7 @@ def veto_unrelated(
     *,
     exclude: Collection[str] = (),
     opted_in: bool = False,
+    evidence: Mapping[str, PlanEntry] | None = None,
 ) -> dict[str, PlanEntry]:
     """The entries to replace when source and target are unrelated (none when related).
 
@@ -190,6 +191,9 @@ def veto_unrelated(
         target: the target.
         exclude: target keys the user excluded.
         opted_in: the user named the strategies: load what they match.
+        evidence: the decisions to judge relatedness by, when they differ from
+            ``entries`` (a name match refused for its shape, whose key a later
+            strategy filled, still contradicts).
 
     Example:
         >>> import torch
@@ -205,7 +209,7 @@ def veto_unrelated(
     """
     if opted_in:
         return {}
-    verdict = relatedness(entries, source, target, exclude=exclude)
+    verdict = relatedness(entries if evidence is None else evidence, source, target, exclude=exclude)
     if verdict.related:
         return {}
     out: dict[str, PlanEntry] = {}
