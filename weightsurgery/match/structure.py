@@ -147,12 +147,12 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
         outcome = _align(ts, ss)
     else:  # an order rebuilt from sorted names is real only where numbers give it
         outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
-    _withdraw_crossing(outcome)
+    _withdraw_crossing(outcome, ts, ss)
     ordered = t_trusted and s_trusted
     prior = _prior_modules(ctx)
     outcome.accepted += _in_regions(ts, ss, outcome, prior, ordered=ordered)
     outcome.accepted += _residual(ts, ss, outcome)
-    _withdraw_crossing(outcome)
+    _withdraw_crossing(outcome, ts, ss)
     outcome.accepted += _in_regions(ts, ss, outcome, prior, ordered=ordered)
     for index, refusals in outcome.tied.items():
         if index not in outcome.settled_t:
@@ -270,12 +270,16 @@ def _settle(accepted: list[_Pair], contested: Sequence[tuple[Sequence[Group], Se
     return outcome
 
 
-def _withdraw_crossing(outcome: _Outcome) -> None:
+def _withdraw_crossing(outcome: _Outcome, ts: Sequence[Group], ss: Sequence[Group]) -> None:
     """Withdraw accepted pairs that cross the containers the other pairs tie together.
 
     Their modules stay closed to elimination, but a region may pair them again.
     """
-    bad = set(crossing([(p.t, p.s) for p in outcome.accepted]))
+    paired_t = {p.t.index for p in outcome.accepted}
+    paired_s = {p.s.index for p in outcome.accepted}
+    open_t = [g for g in ts if g.index not in paired_t]
+    open_s = [g for g in ss if g.index not in paired_s]
+    bad = set(crossing([(p.t, p.s) for p in outcome.accepted], open_t, open_s))
     for n in sorted(bad):
         p = outcome.accepted[n]
         outcome.abstentions += _abstain_groups(

@@ -119,7 +119,9 @@ def pair_in_regions(
     return found
 
 
-def crossing(pairs: Sequence[tuple[Group, Group]]) -> list[int]:
+def crossing(
+    pairs: Sequence[tuple[Group, Group]], open_t: Sequence[Group] = (), open_s: Sequence[Group] = ()
+) -> list[int]:
     """Pairs that cross the containers every other pair agrees on, on both sides.
 
     A pair ``(t, s)`` crosses when, in the parent of ``t``, most pairs have
@@ -153,7 +155,35 @@ def crossing(pairs: Sequence[tuple[Group, Group]]) -> list[int]:
     flipped = [(s, t) for t, s in parts]
     near_t, any_t = _outliers(parts, parent_only=True), _outliers(parts, parent_only=False)
     near_s, any_s = _outliers(flipped, parent_only=True), _outliers(flipped, parent_only=False)
-    return sorted((near_t & any_s) | (any_t & near_s))
+    out = (near_t & any_s) | (any_t & near_s)
+    out |= _twinned(pairs, near_t, open_s, side=1) | _twinned(pairs, near_s, open_t, side=0)
+    return sorted(out)
+
+
+def _twinned(pairs: Sequence[tuple[Group, Group]], outliers: set[int], open_other: Sequence[Group], *, side: int) -> set[int]:
+    """Outliers whose module on the other side sits beside open twins of the modules its rivals paired.
+
+    Two identical blocks on one side, one on the other: an order that pairs the
+    lone block's first module with one copy and the rest with the other copy
+    leaves same-shaped modules open beside the first pair. Which copy is meant
+    cannot be told, so the outlier goes.
+    """
+    if not outliers or not open_other:
+        return set()
+    open_by_parent: dict[str, set[Signature]] = defaultdict(set)
+    for g in open_other:
+        open_by_parent[g.parent].add(g.signature)
+    this = 1 - side  # the side where the outlier was seen
+    siblings: dict[str, list[int]] = defaultdict(list)
+    for n, pair in enumerate(pairs):
+        siblings[pair[this].parent].append(n)
+    out = set()
+    for n in outliers:
+        own = pairs[n][side]
+        rivals = {pairs[k][side].signature for k in siblings[pairs[n][this].parent] if k != n}
+        if rivals & open_by_parent.get(own.parent, set()):
+            out.add(n)
+    return out
 
 
 def _outliers(parts: Sequence[tuple[_Path, _Path]], *, parent_only: bool) -> set[int]:
