@@ -91,8 +91,11 @@ def pair_in_regions(
         if not regions:
             break
         under_t, under_s = _under(ts), _under(ss)
+        twinned = _twinned_containers(under_t, partner_t) | _twinned_containers(under_s, partner_s, side="s")
         new: list[RegionPair] = []
         for (c_t, c_s), count in regions:
+            if ("t", c_t) in twinned or ("s", c_s) in twinned:
+                continue  # an identical, wholly open copy beside it could be the one meant
             members_t, members_s = under_t.get(c_t, []), under_s.get(c_s, [])
             open_t = [g for g in members_t if g.index not in partner_t]
             open_s = [g for g in members_s if g.index not in partner_s]
@@ -247,6 +250,24 @@ def _regions(anchors: Sequence[tuple[_Path, _Path]]) -> list[tuple[tuple[_Path, 
             image_t[c] = _common(image_t[c], t[:-1]) if c in image_t else t[:-1]
     out = [((c_t, c_s), count[c_t]) for c_t, c_s in image_s.items() if c_s and image_t.get(c_s) == c_t]
     out.sort(key=lambda item: -len(item[0][0]))
+    return out
+
+
+def _twinned_containers(
+    under: dict[_Path, list[Group]], partner: dict[int, Group], side: str = "t"
+) -> set[tuple[str, _Path]]:
+    """Containers with a sibling holding the same signatures whose modules are all open."""
+    by_shape: dict[tuple[_Path, tuple[Signature, ...]], list[_Path]] = defaultdict(list)
+    for c, groups in under.items():
+        by_shape[(c[:-1], tuple(sorted(g.signature for g in groups)))].append(c)
+    out: set[tuple[str, _Path]] = set()
+    for copies in by_shape.values():
+        if len(copies) < 2:
+            continue
+        idle = [c for c in copies if all(g.index not in partner for g in under[c])]
+        for c in copies:
+            if any(d != c for d in idle):
+                out.add((side, c))
     return out
 
 
