@@ -80,8 +80,23 @@ def test_invariants(tree: nn.Module, data: st.DataObject, prefix: str, seed: int
     if refused:  # too many shape mismatches for a related pair: nothing loads (match/related.py)
         assert report.mapping == {} and set(report.unused) == set(source)
     else:
-        for k in set(kept) - set(reshaped):
+        # A reshaped tensor has another rank: in a numbered container (`0.weight`, `3.1.bias`) that says
+        # the same number names another kind of layer, so its equal-shaped neighbours do not load by
+        # name either (match/numbering.py): a Linear's bias never fills a BatchNorm's.
+        shifted = {k for k in set(kept) - set(reshaped) if any(
+            _numbered_container(r) == _numbered_container(k) is not None
+            and not r.endswith("num_batches_tracked") for r in reshaped)}
+        for k in shifted:  # the reason may be a later strategy's, which saw the key stay open
+            assert k not in report.mapping and report.records[k].status == "kept", k
+        for k in set(kept) - set(reshaped) - shifted:
             assert report.mapping.get(k) == prefix + k
-        assert set(report.unused) == {prefix + k for k in reshaped}
+        assert set(report.unused) == {prefix + k for k in {*reshaped, *shifted}}
     for k, r in report.records.items():
         assert r.target_shape == tuple(state[k].shape)
+
+
+def _numbered_container(key: str) -> str | None:
+    """The container of a key whose module is a numbered child (``"3.1.bias"`` -> ``"3"``), else ``None``."""
+    module = key.rpartition(".")[0]
+    container, _, index = module.rpartition(".")
+    return container if index.isdigit() else None

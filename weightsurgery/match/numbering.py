@@ -115,7 +115,8 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
         cache: a dict kept across the calls of one plan, so both sides are indexed once.
 
     Returns:
-        The claims that stand, plus a non-final abstention for each refused one,
+        The claims that stand (a claim of another shape always stands: the
+        planner's shape-mismatch policy decides it), plus a non-final abstention for each refused one,
         naming the index that shows the shift; later strategies may still fill
         those keys by structure.
     """
@@ -123,7 +124,10 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
     kept: list[Match] = []
     refused: list[Abstain] = []
     for m in result.matches:
-        where = None if m.sources or m.adapter else _containers(m.target, m.source)
+        # only a claim that would load plainly needs the check: one of another shape goes to the
+        # planner's shape-mismatch policy, which reports it as such
+        plain = not m.sources and m.adapter is None and ctx.target.tensors[m.target].shape == ctx.source[m.source].shape
+        where = _containers(m.target, m.source) if plain else None
         if where is not None:
             numbering = cache.get("numbering")
             if numbering is None:
