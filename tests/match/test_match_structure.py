@@ -503,3 +503,22 @@ def test_inserted_and_removed_units_never_produce_a_wrong_match(
         source = {truth[k]: v for k, v in model.state_dict().items() if k.split(".")[0] not in dropped}
     mapping, _ = run(context(model, source, sort=sort))
     assert all(truth[t] == s for t, s in mapping.items()), "a wrong match"
+
+
+def _inverted_residual(hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(8, hidden, 1), nn.BatchNorm2d(hidden), nn.Conv2d(hidden, out, 1), nn.BatchNorm2d(out))
+
+
+def test_a_sorted_source_with_ten_or_more_numbered_blocks_aligns_them_in_numeric_order() -> None:
+    # Sorted, ``features.10`` comes before ``features.2``. Blocks 7..11 are identical, so aligning in listed order
+    # pairs them shifted by one (the deep-sort MobileNetV2 -> HF MobileNetV2Model case, issue 9).
+    widths = [(16, 8), (16, 8), (24, 8), (24, 8), (24, 8), (24, 8), (24, 8), (32, 8), (32, 8), (32, 8), (32, 8), (32, 8)]
+    source = nn.Sequential(*(_inverted_residual(h, o) for h, o in widths))
+    target = nn.ModuleDict({"layer": nn.ModuleList(_inverted_residual(h, o) for h, o in widths)})
+    renamed = {f"features.{k}": v for k, v in source.state_dict().items()}
+    ctx = context(target, renamed, sort=True)
+    listed = [k.split(".")[1] for k in ctx.source]
+    assert listed.index("10") < listed.index("2")  # really listed out of numeric order
+    mapping, _ = run(ctx)
+    truth = {f"layer.{k}": f"features.{k}" for k in source.state_dict()}
+    assert mapping == truth

@@ -140,9 +140,12 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     s_all = build_groups(ctx.open_sources, ctx.source, _source_owner)
     if not t_all or not s_all:
         return StrategyResult()
-    t_trusted = not looks_sorted(list(spec)) or names_give_order(t_all)
-    s_trusted = not looks_sorted(list(ctx.source)) or names_give_order(s_all)
-    ts, ss = sequence(t_all, trusted=t_trusted), sequence(s_all, trusted=s_trusted)
+    t_sorted, s_sorted = looks_sorted(list(spec)), looks_sorted(list(ctx.source))
+    t_trusted = not t_sorted or names_give_order(t_all)
+    s_trusted = not s_sorted or names_give_order(s_all)
+    # A sorted side is always re-ordered numeric-aware (features.2 before features.10), even where
+    # that order is trusted: its listed order puts features.10 first and shifts equal blocks by one.
+    ts, ss = sequence(t_all, trusted=not t_sorted), sequence(s_all, trusted=not s_sorted)
     if t_trusted and s_trusted:
         outcome = _align(ts, ss)
     else:  # an order rebuilt from sorted names is real only where numbers give it
