@@ -522,3 +522,17 @@ def test_a_sorted_source_with_ten_or_more_numbered_blocks_aligns_them_in_numeric
     mapping, _ = run(ctx)
     truth = {f"layer.{k}": f"features.{k}" for k in source.state_dict()}
     assert mapping == truth
+
+
+def test_one_sorted_source_unit_against_two_identical_target_units_is_never_guessed() -> None:
+    # The hypothesis draw of issue 9: sorted, the source unit's named children come (linear, bn2, bn3), so order
+    # aligns the linear and bn2 of target unit n0 and the bn3 of n1, across the boundary of two identical units.
+    units = [[("bn", 3), ("linear", 2, 2, False), ("bn", 2)]] * 2 + [[("bn", 2), ("bn", 2)]] * 4 + [[("bn", 2)] * 3]
+    model = _build(units, numbered=False)
+    truth = _scramble(model, random.Random(4))
+    source = {truth[k]: v for k, v in model.state_dict().items() if k.startswith("n1.")}
+    mapping, result = run(context(model, source, sort=True))
+    assert all(truth[t] == s for t, s in mapping.items()), "a wrong match"
+    assert not any(t.startswith(("n0.", "n1.")) for t in mapping)  # which of the twins is a guess
+    withdrawn = {a.target for a in result.abstentions if "identical twin" in a.reason}
+    assert {"n0.n1.weight", "n0.n2.weight"} <= withdrawn

@@ -23,7 +23,10 @@ strategy:
    (:func:`~weightsurgery.match.structure_groups.names_give_order`: numbered
    siblings, and named ones only where their order cannot mislead); otherwise
    it aligns numbered containers instead and pairs the modules inside them
-   (:mod:`~weightsurgery.match.structure_bags`);
+   (:mod:`~weightsurgery.match.structure_bags`). A sorted side is always
+   aligned in numeric-aware order (``features.2`` before ``features.10``), and
+   a pair inside a container with an identical, wholly unpaired twin is
+   withdrawn there: one source block against two, order only guessed which;
 7. matches a leftover module whose signature is unique on both sides, if it
    holds a weight of two or more dimensions or the names agree (``conv_stem``
    sorts after ``blocks``); a module withdrawn or reported ambiguous is never
@@ -64,7 +67,7 @@ from weightsurgery.match.structure_align import Cells, align_band
 from weightsurgery.match.structure_bags import align_bags
 from weightsurgery.match.structure_groups import Group, build_groups, describe, names_give_order, sequence
 from weightsurgery.match.structure_leaves import counterpart, pair_leaves
-from weightsurgery.match.structure_regions import crossing, pair_in_regions
+from weightsurgery.match.structure_regions import beside_idle_twins, crossing, pair_in_regions
 from weightsurgery.match.structure_siblings import mutual_best, open_twins, resolve_siblings
 from weightsurgery.match.tokens import concepts, name_similarity, numeric_components
 
@@ -151,6 +154,8 @@ def match_structure(ctx: MatchContext) -> StrategyResult:
     else:  # an order rebuilt from sorted names is real only where numbers give it
         outcome = _align_containers(ts, ss, t_trusted=t_trusted, s_trusted=s_trusted)
     _withdraw_crossing(outcome, ts, ss)
+    if t_sorted or s_sorted:
+        _withdraw_beside_idle_twins(outcome, ts, ss)
     ordered = t_trusted and s_trusted
     prior = _prior_modules(ctx)
     outcome.accepted += _in_regions(ts, ss, outcome, prior, ordered=ordered)
@@ -282,16 +287,25 @@ def _withdraw_crossing(outcome: _Outcome, ts: Sequence[Group], ss: Sequence[Grou
     paired_s = {p.s.index for p in outcome.accepted}
     open_t = [g for g in ts if g.index not in paired_t]
     open_s = [g for g in ss if g.index not in paired_s]
-    bad = set(crossing([(p.t, p.s) for p in outcome.accepted], open_t, open_s))
+    bad = crossing([(p.t, p.s) for p in outcome.accepted], open_t, open_s)
+    _withdraw(outcome, bad, "by order, but the modules around each of them pair with other containers")
+
+
+def _withdraw_beside_idle_twins(outcome: _Outcome, ts: Sequence[Group], ss: Sequence[Group]) -> None:
+    """Withdraw pairs whose container has an identical, wholly unpaired twin (a sorted side's order guesses there)."""
+    bad = beside_idle_twins([(p.t, p.s) for p in outcome.accepted], ts, ss)
+    why = "by an order rebuilt from sorted names, but its container has an identical twin that nothing pairs"
+    _withdraw(outcome, bad, why)
+
+
+def _withdraw(outcome: _Outcome, bad: Sequence[int], why: str) -> None:
+    """Drop the accepted pairs ``bad`` (indices), each reported as withdrawn ``why``."""
     for n in sorted(bad):
         p = outcome.accepted[n]
-        outcome.abstentions += _abstain_groups(
-            [p.t],
-            [p.s],
-            f"withdrawn: module {_p(p.t.path)} ({describe(p.t.signature)}) aligns with {_p(p.s.path)} by order, "
-            "but the modules around each of them pair with other containers",
-        )
-    outcome.accepted = [p for n, p in enumerate(outcome.accepted) if n not in bad]
+        reason = f"withdrawn: module {_p(p.t.path)} ({describe(p.t.signature)}) aligns with {_p(p.s.path)} {why}"
+        outcome.abstentions += _abstain_groups([p.t], [p.s], reason)
+    gone = set(bad)
+    outcome.accepted = [p for n, p in enumerate(outcome.accepted) if n not in gone]
 
 
 def _in_regions(

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 from weightsurgery.match.structure_groups import Group, Signature, describe
 
-__all__ = ["RegionPair", "crossing", "pair_in_regions"]
+__all__ = ["RegionPair", "beside_idle_twins", "crossing", "pair_in_regions"]
 
 _Path = tuple[str, ...]
 RegionPair = tuple[Group, Group, str]  # target, source, evidence
@@ -161,6 +161,45 @@ def crossing(
     out = (near_t & any_s) | (any_t & near_s)
     out |= _twinned(pairs, near_t, open_s, side=1) | _twinned(pairs, near_s, open_t, side=0)
     return sorted(out)
+
+
+def beside_idle_twins(pairs: Sequence[tuple[Group, Group]], ts: Sequence[Group], ss: Sequence[Group]) -> list[int]:
+    """Pairs inside a container that has an identical sibling (same signatures) with no pair at all.
+
+    One source block against two identical target blocks: only order picked
+    the first, and an order rebuilt from sorted names cannot be asked to.
+
+    Args:
+        pairs: accepted ``(target, source)`` module pairs.
+        ts: the target's groups.
+        ss: the source's groups.
+
+    Returns:
+        The indices of the pairs whose choice of container is a guess.
+
+    Example:
+        >>> import torch
+        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.sources.checkpoint import TensorMeta
+        >>> f = lambda *s: TensorMeta(s, torch.float32)
+        >>> split = lambda k: tuple(k.rsplit(".", 1))
+        >>> t = {f"b{i}.{m}.w": f(n, 4) for i in (1, 2) for m, n in (("c1", 2), ("c2", 3))}
+        >>> s = {f"l.{m}.w": f(n, 4) for m, n in (("x", 2), ("y", 3))}
+        >>> ts, ss = build_groups(t, t, split), build_groups(s, s, split)
+        >>> beside_idle_twins([(ts[0], ss[0]), (ts[1], ss[1])], ts, ss)
+        [0, 1]
+    """
+    partner_t = {t.index: s for t, s in pairs}
+    partner_s = {s.index: t for t, s in pairs}
+    twins = _twinned_containers(_under(ts), partner_t, "t") | _twinned_containers(_under(ss), partner_s, "s")
+    out = []
+    for n, (t, s) in enumerate(pairs):
+        pt, ps = _parts(t.path), _parts(s.path)
+        if any(("t", pt[:d]) in twins for d in range(1, len(pt))) or any(
+            ("s", ps[:d]) in twins for d in range(1, len(ps))
+        ):
+            out.append(n)
+    return out
 
 
 def _twinned(pairs: Sequence[tuple[Group, Group]], outliers: set[int], open_other: Sequence[Group], *, side: int) -> set[int]:
