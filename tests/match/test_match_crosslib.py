@@ -9,29 +9,20 @@ own scoring is tested too, on a transfer made wrong on purpose.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 import torchvision
 
+from benchmark_modules import load_benchmark  # tests/match/benchmark_modules.py
 from weightsurgery import transfer
-
-HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "matching_eval.py"
 
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("matching_eval", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["matching_eval"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("matching_eval")
 
 
 # (pair name, hand transfer a .safetensors file (keys sorted), correct tensors today = the floor)

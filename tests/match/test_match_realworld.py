@@ -14,8 +14,6 @@ XPASS and fail, so the fix lands together with the raised floor here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -23,17 +21,12 @@ from types import ModuleType
 import pytest
 import torch
 
-HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "realworld_eval.py"
+from benchmark_modules import load_benchmark  # tests/match/benchmark_modules.py
 
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("realworld_eval", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["realworld_eval"] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("realworld_eval")
 
 
 # case name -> correct tensors on main today (the floor); known failures of main, with the finding
