@@ -19,7 +19,9 @@ MODULES = sorted(
 
 def test_all_is_sorted_and_matches_the_exports() -> None:
     assert weightsurgery.__all__ == sorted(weightsurgery.__all__)
-    public = {n for n, v in vars(weightsurgery).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    loaded = {n: getattr(weightsurgery, n) for n in weightsurgery.__all__}  # the names load on first use
+    assert not any(inspect.ismodule(v) for n, v in loaded.items() if n != "errors")  # no submodule hides a name
+    public = {n for n in dir(weightsurgery) if not n.startswith("_") and not inspect.ismodule(getattr(weightsurgery, n))}
     assert public == set(weightsurgery.__all__) - {"errors"}  # nothing exported by accident, nothing missing
     assert inspect.ismodule(weightsurgery.errors)
 

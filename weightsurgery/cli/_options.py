@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from weightsurgery.errors import CLIError, OutputExistsError, TargetError
-from weightsurgery.factory import parse_kwargs
 
 __all__ = [
     "add_source_options",
@@ -63,6 +62,8 @@ def target_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         CLIError: a ``--kw`` is malformed or repeats ``--num-classes``/``--in-chans``.
     """
+    from weightsurgery.factory import parse_kwargs
+
     try:
         kwargs = parse_kwargs(args.kw)
     except TargetError as exc:

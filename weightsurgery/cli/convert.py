@@ -7,7 +7,6 @@ from pathlib import Path
 
 from weightsurgery.cli._options import add_source_options, check_output, source_kwargs
 from weightsurgery.cli._ui import UI, human_bytes
-from weightsurgery.convert import convert_checkpoint, output_format
 from weightsurgery.errors import CLIError
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "run"]
@@ -37,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.convert import convert_checkpoint, output_format
+
     try:
         output_format(args.output)
     except ValueError as exc:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from weightsurgery._grouping import group_keys
 from weightsurgery.cli._options import add_source_options
 from weightsurgery.cli._ui import UI, add_row, shape_text
-from weightsurgery.diff import CheckpointDiff, diff_checkpoints
+
+if TYPE_CHECKING:
+    from weightsurgery.diff import CheckpointDiff
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "run"]
 
@@ -35,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.diff import diff_checkpoints
+
     with ui.progress("comparing") as update:
         result = diff_checkpoints(
             args.a, args.b, key_a=args.key_a, key_b=args.key_b, atol=args.atol,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from weightsurgery.cli._options import add_source_options, source_kwargs
-from weightsurgery.cli._render import tensor_rows, tensor_table
 from weightsurgery.cli._ui import UI, add_row, human_bytes, human_count
-from weightsurgery.sources import Checkpoint, resolve
+
+if TYPE_CHECKING:
+    from weightsurgery.sources import Checkpoint
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "describe", "run"]
 
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.cli._render import tensor_rows, tensor_table
+    from weightsurgery.sources import resolve
+
     with resolve(args.src, quiet=ui.quiet, **source_kwargs(args)) as ckpt:
         info = describe(ckpt)
         if ui.json:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weightsurgery.cli._options import add_source_options, add_target_options, add_transfer_options, check_output
 from weightsurgery.cli._options import transfer_kwargs
-from weightsurgery.cli._render import report_table
 from weightsurgery.cli._ui import UI
-from weightsurgery.report import Report
+
+if TYPE_CHECKING:
+    from weightsurgery.report import Report
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "run", "show_report"]
 
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace, ui: UI) -> int:
 
 def show_report(report: Report, ui: UI, *, output: Path | None = None, mapping: Path | None = None) -> None:
     """Print a report: JSON under ``--json``, else the summary and the grouped table."""
+    from weightsurgery.cli._render import report_table
+
     if ui.json:
         data = report.to_dict()
         data["ambiguous"] = report.ambiguous

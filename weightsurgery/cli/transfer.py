@@ -10,7 +10,6 @@ from weightsurgery.cli._options import add_source_options, add_target_options, a
 from weightsurgery.cli._options import transfer_kwargs
 from weightsurgery.cli._ui import UI, human_bytes
 from weightsurgery.cli.plan import show_report
-from weightsurgery.convert import write_safetensors
 from weightsurgery.errors import CLIError
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "run"]
@@ -44,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.convert import write_safetensors
     from weightsurgery.transfer import transfer
 
     if args.output.suffix != ".safetensors":
