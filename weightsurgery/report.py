@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import FrozenInstanceError, dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
@@ -313,6 +315,12 @@ class Report:
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    def to_html(self, path: str | os.PathLike[str], *, target: str | None = None) -> Path:
+        """Write the report as one self-contained HTML page (weightsurgery/report_html); returns the path."""
+        from weightsurgery.report_html import write_html
+
+        return write_html(self, path, target=target)
 
     def sections(self) -> list[tuple[str, list[tuple[str, str, list[str]]]]]:
         """The table's content: ``[(title, [(label, note, grouped_keys)])]``; the CLI renders the same rows."""

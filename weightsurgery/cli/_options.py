@@ -102,6 +102,8 @@ def add_transfer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mapping", metavar="FILE", type=Path,
                        help="re-apply a mapping saved with --save-mapping instead of matching again")
     group.add_argument("--save-mapping", metavar="FILE", type=Path, help="save the plan as JSON, to edit or re-apply")
+    group.add_argument("--html", metavar="FILE", type=Path,
+                       help="also write the report as one self-contained HTML page (both module trees, every tensor)")
     group.add_argument("--seed", type=int, metavar="N",
                        help="seed for the inits that run (reproducible leftovers); it does not re-initialize anything")
     group.add_argument("--on-mismatch", choices=("init", "adapt", "error"), default="init",

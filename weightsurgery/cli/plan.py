@@ -35,17 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_options(parser)
     add_transfer_options(parser)
     add_source_options(parser)
-    parser.add_argument("--force", action="store_true", help="replace an existing --save-mapping file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --save-mapping or --html file")
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
     from weightsurgery.transfer import transfer
 
     check_output(args.save_mapping, force=args.force)
+    check_output(args.html, force=args.force)
     kwargs = transfer_kwargs(args)
     report = transfer(args.src, args.target, dry_run=True, quiet=ui.quiet, **kwargs)
     if args.save_mapping is not None:
         report.plan.save(args.save_mapping)
+    if args.html is not None:
+        report.to_html(args.html, target=args.target)
+        ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, mapping=args.save_mapping)
     return 0
 

@@ -49,9 +49,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     if args.output.suffix != ".safetensors":
         suggestion = args.output.with_suffix(".safetensors")
         raise CLIError(f"-o {args.output}: the output is written as safetensors; name it like {suggestion}")
-    outputs = [p for p in (args.output, args.report_json, args.save_mapping) if p is not None]
+    outputs = [p for p in (args.output, args.report_json, args.save_mapping, args.html) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
-        raise CLIError("-o, --report-json and --save-mapping must name different files")
+        raise CLIError("-o, --report-json, --save-mapping and --html must name different files")
     for path in outputs:
         check_output(path, force=args.force)
     kwargs = transfer_kwargs(args)
@@ -64,6 +64,9 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         atomic_write_text(args.report_json, report.to_json() + "\n")
     if args.save_mapping is not None:
         report.plan.save(args.save_mapping)
+    if args.html is not None:
+        report.to_html(args.html, target=args.target)
+        ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, output=args.output, mapping=args.save_mapping)
     ui.note(f"wrote {args.output} ({human_bytes(args.output.stat().st_size)})")
     return 0
