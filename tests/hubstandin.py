@@ -4,8 +4,11 @@ It speaks the part of the hub protocol that ``hf_hub_download`` uses (see
 ``/work/shared/HUB.md``): ``HEAD``/``GET /{org}/{repo}/resolve/{revision}/{path}``
 with ``X-Repo-Commit``, a sha256 ``ETag`` and an exact ``Content-Length``, and
 404s carrying ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``,
-``EntryNotFound``). It never sends xet headers. Under ``/static/`` it serves
-plain files, optionally cut short to test interrupted transfers.
+``EntryNotFound``). It never sends xet headers, and it honours ``Range: bytes=N-``
+(a 206, as the hub does), which the client sends to resume. Under ``/static/``
+it serves plain files. Faults are real: a connection closed mid-file
+(``cut_after``), answers of 503 (``fail_first``), and a hub file answered
+with something else (an HTML page) by :meth:`HubStandIn.break_file`.
 
 It listens on 127.0.0.1 only, on a free port, and records every request.
 """
@@ -19,6 +22,14 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["HubStandIn"]
+
+
+@dataclass
+class _Static:
+    data: bytes | None
+    cut_after: int | None
+    times: int | None
+    fail_first: int
 
 
 @dataclass
@@ -40,7 +51,8 @@ class HubStandIn:
 
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
-        self.static: dict[str, tuple[bytes, int | None]] = {}
+        self.static: dict[str, _Static] = {}
+        self.broken: dict[tuple[str, str], _Static] = {}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -66,10 +78,24 @@ class HubStandIn:
             repo.refs[branch] = commit
         return commit
 
-    def add_static(self, name: str, data: bytes, *, cut_after: int | None = None) -> str:
-        """Serve ``data`` at ``/static/{name}``; ``cut_after`` closes the connection after that many bytes."""
-        self.static[name] = (data, cut_after)
+    def add_static(
+        self, name: str, data: bytes, *, cut_after: int | None = None, times: int | None = None, fail_first: int = 0
+    ) -> str:
+        """Serve ``data`` at ``/static/{name}``.
+
+        ``cut_after`` closes the connection after that many bytes of the file (on the first
+        ``times`` answers, or always); ``fail_first`` answers 503 that many times first.
+        """
+        self.static[name] = _Static(data, cut_after, times, fail_first)
         return f"{self.url}/static/{name}"
+
+    def break_file(self, repo_id: str, path: str, *, body: bytes | None = None, cut_after: int | None = None) -> None:
+        """Answer ``path`` of every commit of ``repo_id`` wrongly: with ``body`` (as 200), or cut after ``cut_after`` bytes."""
+        self.broken[(repo_id, path)] = _Static(body, cut_after, None, 0)
+
+    def fix_file(self, repo_id: str, path: str) -> None:
+        """Answer ``path`` of ``repo_id`` correctly again."""
+        self.broken.pop((repo_id, path), None)
 
     def requested(self, fragment: str) -> list[tuple[str, str]]:
         """The recorded requests whose path contains ``fragment``."""
@@ -113,19 +139,41 @@ def _handler(hub: HubStandIn) -> type[http.server.BaseHTTPRequestHandler]:
             if data is None:
                 headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
                 return self._send(404, b"", headers, body=body)
+            fault = hub.broken.get((repo_id, filename))
+            cut_after = None
+            if fault is not None:
+                data = fault.data if fault.data is not None else data
+                cut_after = fault.cut_after
             etag = f'"{hashlib.sha256(data).hexdigest()}"'
-            self._send(200, data, {"X-Repo-Commit": commit, "ETag": etag}, body=body)
+            self._file(data, {"X-Repo-Commit": commit, "ETag": etag}, body=body, cut_after=cut_after)
 
         def _static(self, name: str, *, body: bool) -> None:
-            if name not in hub.static:
+            entry = hub.static.get(name)
+            if entry is None or entry.data is None:
                 return self._send(404, b"", {}, body=body)
-            data, cut_after = hub.static[name]
+            if entry.fail_first > 0:
+                entry.fail_first -= 1
+                return self._send(503, b"busy", {}, body=body)
+            cut_after = entry.cut_after if body and entry.times != 0 else None
+            if cut_after is not None and entry.times is not None:
+                entry.times -= 1
+            self._file(entry.data, {}, body=body, cut_after=cut_after)
+
+        def _file(self, data: bytes, headers: dict[str, str], *, body: bool, cut_after: int | None) -> None:
+            """200 (or 206 for ``Range: bytes=N-``); ``cut_after`` closes the connection at that offset."""
+            start = 0
+            wanted = self.headers.get("Range", "")
+            if wanted.startswith("bytes=") and wanted.endswith("-") and wanted[6:-1].isdigit():
+                start = min(int(wanted[6:-1]), len(data))
+                headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
             if cut_after is None or not body:
-                return self._send(200, data, {}, body=body)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+                return self._send(206 if start else 200, data[start:], headers, body=body)
+            self.send_response(206 if start else 200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            self.wfile.write(data[:cut_after])
+            self.wfile.write(data[start:max(start, cut_after)])
             self.wfile.flush()
             self.close_connection = True
 

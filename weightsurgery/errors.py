@@ -13,7 +13,7 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   ├── EmptyCheckpointError(ValueError)          a well-formed source with entries but no tensors
     │   ├── UnknownSourceError(LookupError)           a name no registry knows; lists the closest names
     │   ├── SourceSpecError(ValueError)               a source string that does not parse (hf-hub:, URL)
-    │   ├── OfflineSourceError(ConnectionError)       offline and not cached
+    │   ├── OfflineSourceError(ConnectionError)       offline, unreachable or stalled, and not cached
     │   └── IntegrityError(ValueError)                a download whose hash does not match
     ├── PlanError(ValueError)                         a plan that does not fit the target
     │   ├── ShapeMismatchError                        on_mismatch="error" and shapes differ
@@ -165,7 +165,7 @@ class SourceSpecError(SourceError, ValueError):
 
 
 class OfflineSourceError(SourceError, ConnectionError):
-    """A remote source that is not cached while offline."""
+    """A remote source that is not cached while offline, or whose server cannot be reached or stalls."""
 
 
 class IntegrityError(SourceError, ValueError):

@@ -1,9 +1,14 @@
-"""Registry names: torchvision from a pre-seeded torch cache, timm through the hub stand-in."""
+"""Registry names: torchvision through a registered tiny model served by the stand-in, timm through the hub stand-in.
+
+torchvision's real resnet18 name is covered where generated weights can
+still play it: a file at its real cache name that is not the real file is
+refused (its hash is verified) and evicted.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from pathlib import Path
 
 import pytest
 import timm
@@ -12,22 +17,21 @@ import torchvision
 from safetensors.torch import save
 from torchvision.models import ResNet18_Weights
 
+import torchvision_tiny
 from sources_payloads import torch_bytes
 
-from weightsurgery.errors import UnknownSourceError
+from weightsurgery.errors import IntegrityError, UnknownSourceError
 from weightsurgery.sources import SourceKind, resolve
 from weightsurgery.sources._timm import hub_candidates
 from weightsurgery.sources.registry import suggest
 
 
 @pytest.fixture(scope="session")
-def torchvision_resnet18(torch_checkpoints: Path) -> dict[str, torch.Tensor]:
-    """torchvision's resnet18 keys and shapes, seeded where its real weights URL would be cached."""
-    torch.manual_seed(0)
-    state = torchvision.models.resnet18().state_dict()
-    name = os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
-    (torch_checkpoints / name).write_bytes(torch_bytes(state))
-    return state
+def tv_tiny(hub_standin) -> tuple[dict[str, torch.Tensor], type, str]:
+    """torchvision's ``test_resnet`` (registered here): its state, its weights enum, its URL (a torch.hub hash name)."""
+    state, data, name = torchvision_tiny.weights_file(seed=0)
+    url = hub_standin.add_static(name, data)
+    return state, torchvision_tiny.register(url), url
 
 
 @pytest.fixture(scope="session")
@@ -54,31 +58,47 @@ def assert_same(ckpt, state: dict[str, torch.Tensor]) -> None:
         assert torch.equal(ckpt.load(key), value), key
 
 
-def test_bare_name_takes_torchvision_first_and_says_timm_has_it_too(torchvision_resnet18) -> None:
-    with resolve("resnet18", quiet=True) as ckpt:
+def test_bare_name_takes_torchvision_first_and_says_timm_has_it_too(tv_tiny, hub_standin) -> None:
+    state, enum, url = tv_tiny
+    with resolve("test_resnet", quiet=True) as ckpt:
         assert ckpt.origin.kind is SourceKind.TORCHVISION
-        assert ckpt.origin.location == "torchvision:resnet18.IMAGENET1K_V1"
+        assert ckpt.origin.location == "torchvision:test_resnet.TINY_V1"
         assert ckpt.origin.details["resolution"] == (
-            "bare name 'resnet18': took torchvision's ResNet18_Weights.IMAGENET1K_V1 (torchvision is looked up "
-            "first); timm has resnet18.a1_in1k too ('timm:resnet18')"
+            "bare name 'test_resnet': took torchvision's TestResNet_Weights.TINY_V1 (torchvision is looked up "
+            "first); timm has test_resnet.r160_in1k too ('timm:test_resnet')"
         )
-        assert ckpt.metadata["torchvision_weights"] == "ResNet18_Weights.IMAGENET1K_V1"
-        assert ckpt.metadata["label_names"][:2] == ["tench", "goldfish"]
-        assert ckpt.metadata["input_size"] == (3, 224, 224)
+        assert ckpt.origin.sha256 == hashlib.sha256(hub_standin.static[url.rsplit("/", 1)[1]].data).hexdigest()
+        assert ckpt.metadata["torchvision_weights"] == "TestResNet_Weights.TINY_V1"
+        assert ckpt.metadata["label_names"] == torchvision_tiny.CATEGORIES
+        assert ckpt.metadata["input_size"] == (3, 8, 8)
         assert "ImageClassification" in ckpt.metadata["transforms"]
-        assert_same(ckpt, torchvision_resnet18)
+        assert_same(ckpt, state)
 
 
-@pytest.mark.parametrize(
-    "src", ["torchvision:resnet18.IMAGENET1K_V1", "torchvision:resnet18", ResNet18_Weights.DEFAULT]
-)
-def test_torchvision_forms_open_the_cached_file(torchvision_resnet18, torch_checkpoints, src) -> None:
-    with resolve(src, quiet=True) as ckpt:
+@pytest.mark.parametrize("form", ["torchvision:test_resnet.TINY_V1", "torchvision:test_resnet", "member"])
+def test_torchvision_forms_share_one_download_at_torch_hubs_name(tv_tiny, hub_standin, torch_checkpoints, form) -> None:
+    state, enum, url = tv_tiny
+    name = url.rsplit("/", 1)[1]
+    with resolve(enum.DEFAULT if form == "member" else form, quiet=True) as ckpt:
         assert ckpt.origin.kind is SourceKind.TORCHVISION
         assert "resolution" not in ckpt.origin.details
-        assert ckpt.origin.details["url"] == ResNet18_Weights.IMAGENET1K_V1.url
-        assert ckpt.origin.files == (str(torch_checkpoints / "resnet18-f37072fd.pth"),)
-        assert torch.equal(ckpt.load("fc.bias"), torchvision_resnet18["fc.bias"])
+        assert ckpt.origin.details["url"] == url
+        assert ckpt.origin.files == (str(torch_checkpoints / name),)  # where torch.hub caches it too
+        assert torch.equal(ckpt.load("fc.bias"), state["fc.bias"])
+    assert len(hub_standin.requested(f"/static/{name}")) == 1
+
+
+def test_a_file_at_torchvisions_real_name_that_is_not_the_real_file_is_refused_and_evicted(torch_checkpoints) -> None:
+    cached = torch_checkpoints / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)  # resnet18-f37072fd.pth
+    torch.manual_seed(0)
+    cached.write_bytes(torch_bytes(torchvision.models.resnet18().state_dict()))
+    with pytest.raises(
+        IntegrityError,
+        match=rf"sha256 mismatch for {ResNet18_Weights.IMAGENET1K_V1.url}: the cached copy {cached} has [0-9a-f]{{64}}, "
+        r"expected f37072fd; removed it from the cache, so the next run downloads it again",
+    ):
+        resolve("torchvision:resnet18", quiet=True)
+    assert not cached.exists()
 
 
 def test_unknown_torchvision_weights_lists_the_real_ones() -> None:
@@ -143,13 +163,14 @@ def test_hub_candidates_mirror_timm() -> None:
     assert hub_candidates("w.safetensors") == ("w.safetensors",)
 
 
-def test_transfer_from_torchvision_and_timm_names(torchvision_resnet18, timm_resnet18) -> None:
+def test_transfer_from_torchvision_and_timm_names(tv_tiny, timm_resnet18) -> None:
     from weightsurgery import transfer
 
-    tv_model = torchvision.models.resnet18()
-    report = transfer("torchvision:resnet18", tv_model)
-    assert len(report.mapping) == len(torchvision_resnet18) and not report.initialized
-    assert torch.equal(tv_model.fc.weight, torchvision_resnet18["fc.weight"])
+    state = tv_tiny[0]
+    tv_model = torchvision.models.get_model("test_resnet")
+    report = transfer("torchvision:test_resnet", tv_model)
+    assert len(report.mapping) == len(state) and not report.initialized
+    assert torch.equal(tv_model.fc.weight, state["fc.weight"])
 
     timm_model = timm.create_model("resnet18")
     report = transfer("timm:resnet18.a1_in1k", timm_model)

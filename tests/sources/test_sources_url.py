@@ -1,8 +1,10 @@
-"""URL sources: verified downloads into the torch hub cache, from a local static server."""
+"""URL sources: verified downloads into the torch hub cache, keyed by URL, from a local static server."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from weightsurgery.errors import (
     OfflineSourceError,
     SourceNotFoundError,
     SourceSpecError,
+    UnsafeCheckpointError,
 )
 from weightsurgery.sources import SourceKind, resolve
-from weightsurgery.sources.url import expected_hashes
+from weightsurgery.sources.url import cache_path, expected_hashes
 
 
 def sha256(data: bytes) -> str:
@@ -48,7 +51,10 @@ def test_hash_in_the_file_name_is_verified_and_reported(hub_standin, torch_check
         assert ckpt.origin.sha256 == sha256(data)
         assert ckpt.origin.details["format"] == "torch-pickle"
         assert torch.equal(ckpt.load("layer.weight"), state["layer.weight"])
-    assert (torch_checkpoints / url.rsplit("/", 1)[1]).read_bytes() == data
+    cached = torch_checkpoints / url.rsplit("/", 1)[1]  # a hash in the name: torch.hub's own cache name
+    assert cached.read_bytes() == data
+    mark = json.loads((torch_checkpoints / f".{cached.name}.sha256").read_text())
+    assert (mark["sha256"], mark["size"], mark["url"]) == (sha256(data), len(data), url)
 
 
 def test_a_cached_file_is_not_fetched_again(hub_standin) -> None:
@@ -89,32 +95,34 @@ def test_wrong_fragment_is_refused_and_nothing_is_cached(hub_standin, torch_chec
     assert leftovers(torch_checkpoints, "wrongpin") == []
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_interrupted_transfer_leaves_nothing_in_the_cache(hub_standin, torch_checkpoints, suffix) -> None:
-    data = torch_bytes(tensors(6)) if suffix == ".pth" else save(tensors(6))
-    url = hub_standin.add_static(f"cut{suffix}", data, cut_after=len(data) // 2)
+@pytest.mark.parametrize("name", ["interrupted.pth", "interrupted.safetensors", "interrupted-{hash}.pth"])
+def test_interrupted_transfer_leaves_nothing_in_the_cache(hub_standin, torch_checkpoints, name) -> None:
+    data = save(tensors(6)) if name.endswith(".safetensors") else torch_bytes(tensors(6))
+    url = hub_standin.add_static(name.format(hash=sha256(data)[:8]), data, cut_after=len(data) // 2)
     with pytest.raises(
         CorruptCheckpointError,
-        match=rf"the download of {url} is not a whole checkpoint .* "
-        r"nothing was cached",
+        match=rf"the download of {url} is not a whole checkpoint \(the connection closed after {len(data) // 2} of "
+        rf"{len(data)} bytes, on each of 4 attempts\); nothing was cached",
     ):
         resolve(url, quiet=True)
-    assert leftovers(torch_checkpoints, "cut") == []
+    assert leftovers(torch_checkpoints, "interrupted") == []
 
 
-def test_interrupted_transfer_with_a_hash_name_is_an_integrity_error(hub_standin, torch_checkpoints) -> None:
-    data = torch_bytes(tensors(7))
-    url = hub_standin.add_static(f"cuthash-{sha256(data)[:8]}.pth", data, cut_after=100)
-    with pytest.raises(IntegrityError, match="nothing was cached"):
+def test_a_cached_copy_that_breaks_its_pin_is_evicted_and_downloaded_again(hub_standin, torch_checkpoints) -> None:
+    data = save(tensors(9))
+    url = hub_standin.add_static("swapped.safetensors", data) + "#sha256=" + sha256(data)
+    cached = cache_path(url)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(save(tensors(8)))
+    with pytest.raises(
+        IntegrityError,
+        match=rf"the cached copy {cached} has [0-9a-f]{{64}}, expected {sha256(data)}; removed it from the cache, "
+        r"so the next run downloads it again",
+    ):
         resolve(url, quiet=True)
-    assert leftovers(torch_checkpoints, "cuthash") == []
-
-
-def test_a_cached_copy_that_breaks_its_pin_is_refused(hub_standin, torch_checkpoints) -> None:
-    (torch_checkpoints / "swapped.safetensors").write_bytes(save(tensors(8)))
-    url = hub_standin.add_static("swapped.safetensors", save(tensors(9)))
-    with pytest.raises(IntegrityError, match=r"the cached copy .*swapped.safetensors does not match; delete it"):
-        resolve(url + "#sha256=" + sha256(save(tensors(9))), quiet=True)
+    assert not cached.exists()
+    with resolve(url, quiet=True) as ckpt:
+        assert ckpt.origin.details["downloaded"] is True and ckpt.origin.sha256 == sha256(data)
 
 
 def test_missing_file_is_not_found(hub_standin) -> None:
@@ -127,14 +135,26 @@ def test_unreachable_server_is_an_offline_error() -> None:
         resolve("http://127.0.0.1:9/x.pth", quiet=True)
 
 
-def test_url_without_a_file_name() -> None:
-    with pytest.raises(SourceSpecError, match=r"names no file; give the URL of the checkpoint file itself"):
-        resolve("http://127.0.0.1:9/", quiet=True)
+@pytest.mark.parametrize("tail", ["/", "/w.pth/.", "/w.pth/..", "/."])
+def test_a_url_that_names_a_folder_is_refused_before_any_request(hub_standin, torch_checkpoints, tail) -> None:
+    url = f"{hub_standin.url}/static/dots{tail}"
+    before = list(hub_standin.requests)
+    with pytest.raises(
+        SourceSpecError,
+        match=rf"names no file \(its path ends in '/{tail.rsplit('/', 1)[1]}', a folder\); give the URL of the "
+        r"checkpoint file itself",
+    ):
+        resolve(url, quiet=True)
+    assert hub_standin.requests == before
+    assert not [p for p in torch_checkpoints.iterdir() if p.name.endswith(".partial") or p.name in (".", "..")]
 
 
 def test_expected_hashes() -> None:
     assert expected_hashes("https://x/resnet18-f37072fd.pth") == (None, "f37072fd")
     assert expected_hashes("https://x/efficientnet-b0.pth") == (None, None)  # too short to be a hash
+    assert expected_hashes("https://x/resnet-20240115.pth") == (None, None)  # a date: digits only
+    assert expected_hashes("https://x/vgg13-19584684.pth", torch_hub_names=True) == (None, "19584684")  # torchvision
+    assert expected_hashes("https://x/w-1a2b3c4d.tar.gz") == (None, None)  # not before the suffix
     assert expected_hashes("https://x/w.bin#sha256=" + "AB" * 32) == ("ab" * 32, None)
     with pytest.raises(SourceSpecError, match=r"the fragment must be '#sha256=' followed by 64 hex digits"):
         expected_hashes("https://x/w.bin#md5=abc")
@@ -156,3 +176,107 @@ def test_transfer_from_a_url_fills_the_model(hub_standin) -> None:
     report = transfer(hub_standin.add_static(f"xfer-{sha256(data)[:8]}.pth", data), model)
     assert report.mapping == {"layer.weight": "layer.weight", "layer.bias": "layer.bias"}
     assert torch.equal(model.layer.bias, state["layer.bias"])
+
+
+def test_two_urls_with_the_same_file_name_get_their_own_weights(hub_standin) -> None:
+    first, second = tensors(13), tensors(14)
+    urls = [hub_standin.add_static(f"{where}/model.safetensors", save(state)) for where, state in
+            (("org-a", first), ("org-b", second))]
+    assert cache_path(urls[0]) != cache_path(urls[1])
+    for url, state in zip(urls, (first, second)):
+        with resolve(url, quiet=True) as ckpt:
+            assert ckpt.origin.details["downloaded"] is True
+            assert torch.equal(ckpt.load("layer.weight"), state["layer.weight"])
+    with resolve(urls[0], quiet=True) as ckpt:  # each is still cached under its own key
+        assert ckpt.origin.details["downloaded"] is False
+        assert torch.equal(ckpt.load("layer.weight"), first["layer.weight"])
+
+
+def test_two_urls_with_the_same_hash_name_share_one_entry(hub_standin) -> None:
+    data = torch_bytes(tensors(15))
+    name = f"shared-{sha256(data)[:8]}.pth"
+    one, other = (hub_standin.add_static(f"{where}/{name}", data) for where in ("mirror-a", "mirror-b"))
+    assert cache_path(one) == cache_path(other)
+    resolve(one, quiet=True).close()
+    with resolve(other, quiet=True) as ckpt:  # the hash pins the content, whichever URL serves it
+        assert ckpt.origin.details["downloaded"] is False and ckpt.origin.sha256 == sha256(data)
+    assert hub_standin.requested(f"/static/mirror-b/{name}") == []
+
+
+def test_a_date_in_the_name_is_not_a_hash(hub_standin, torch_checkpoints) -> None:
+    data = torch_bytes(tensors(16))
+    url = hub_standin.add_static("resnet-20240115.pth", data)
+    with resolve(url, quiet=True) as ckpt:  # torch.hub's regex would read 20240115 as a hash and refuse it
+        assert ckpt.origin.sha256 is None
+    assert cache_path(url).name.startswith("resnet-20240115.") and cache_path(url).read_bytes() == data
+    assert not (torch_checkpoints / "resnet-20240115.pth").exists()
+
+
+def test_a_hash_named_file_placed_in_the_cache_is_verified_once_and_marked(hub_standin, torch_checkpoints) -> None:
+    data = torch_bytes(tensors(17))
+    url = f"{hub_standin.url}/static/placed-{sha256(data)[:8]}.pth"  # the server does not have it
+    cached, mark = cache_path(url), torch_checkpoints / f".placed-{sha256(data)[:8]}.pth.sha256"
+    cached.write_bytes(data)
+    with resolve(url, quiet=True) as ckpt:
+        assert ckpt.origin.sha256 == sha256(data) and ckpt.origin.details["downloaded"] is False
+    assert json.loads(mark.read_text())["sha256"] == sha256(data)
+    cached.write_bytes(torch_bytes(tensors(18)))  # replaced afterwards: the mark no longer fits, so it is hashed again
+    with pytest.raises(IntegrityError, match=rf"the cached copy {cached} has .*, expected {sha256(data)[:8]}; removed"):
+        resolve(url, quiet=True)
+    assert not cached.exists() and not mark.exists()
+
+
+def test_a_download_changed_on_disk_is_refused_evicted_and_downloaded_again(hub_standin) -> None:
+    state = tensors(19)
+    url = hub_standin.add_static("changed.safetensors", save(state))
+    resolve(url, quiet=True).close()
+    cache_path(url).write_bytes(save(tensors(20)))  # another process, or bit rot, changed it
+    with pytest.raises(IntegrityError, match=r"has [0-9a-f]{64}, it was downloaded as [0-9a-f]{64}; removed it"):
+        resolve(url, quiet=True)
+    with resolve(url, quiet=True) as ckpt:
+        assert ckpt.origin.details["downloaded"] is True
+        assert torch.equal(ckpt.load("layer.bias"), state["layer.bias"])
+
+
+def test_an_html_page_served_as_200_is_not_cached_and_the_fixed_file_is_fetched_next(hub_standin) -> None:
+    url = hub_standin.add_static("portal.safetensors", b"<!doctype html><html><body>Please sign in</body></html>")
+    with pytest.raises(CorruptCheckpointError, match=rf"the download of {url} is not a whole checkpoint .*nothing was cached"):
+        resolve(url, quiet=True)
+    assert not cache_path(url).exists()
+    state = tensors(21)
+    hub_standin.add_static("portal.safetensors", save(state))  # the server is fixed
+    with resolve(url, quiet=True) as ckpt:
+        assert torch.equal(ckpt.load("layer.weight"), state["layer.weight"])
+
+
+def test_a_cached_file_that_no_longer_opens_is_evicted_and_downloaded_again(hub_standin) -> None:
+    state = tensors(22)
+    url = hub_standin.add_static("placed.safetensors", save(state))
+    cache_path(url).write_bytes(b"<html>saved from a browser</html>")  # placed by hand: no mark, nothing to hold it to
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=rf"not a readable safetensors file.*; it came from {url}: removed {cache_path(url)} from the cache, "
+        r"so the next run downloads it again",
+    ):
+        resolve(url, quiet=True)
+    assert not cache_path(url).exists()
+    with resolve(url, quiet=True) as ckpt:
+        assert torch.equal(ckpt.load("layer.weight"), state["layer.weight"])
+
+
+def test_a_refused_unsafe_pickle_stays_in_the_cache_and_the_error_says_where(hub_standin) -> None:
+    state = {**tensors(23), "args": argparse.Namespace(lr=0.1)}  # needs code: weights_only=True refuses it
+    url = hub_standin.add_static("needs-code.pth", torch_bytes(state))
+    cached = cache_path(url)
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match=rf"needs code to load.*It came from {url} and stays in the cache at {cached} .*: delete it if you "
+        r"do not trust its source",
+    ):
+        resolve(url, quiet=True)
+    assert cached.is_file()
+    with pytest.warns(UserWarning, match="weights_only=False runs any code"):
+        with resolve(url, quiet=True, weights_only=False) as ckpt:  # trusted now: read from the cache
+            assert ckpt.origin.details["downloaded"] is False
+            assert torch.equal(ckpt.load("layer.bias"), state["layer.bias"])
+    assert len(hub_standin.requested("/static/needs-code.pth")) == 1

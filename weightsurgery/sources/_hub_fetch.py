@@ -7,23 +7,41 @@ speaks HTTP. Its exceptions become ours:
 * ``RepositoryNotFoundError``: :class:`SourceNotFoundError` (check the id, or log in);
 * ``RevisionNotFoundError``: :class:`SourceNotFoundError` (name an existing revision);
 * ``EntryNotFoundError``: the next candidate file, or :class:`SourceNotFoundError`;
-* ``LocalEntryNotFoundError`` (offline, or unreachable, and not cached): :class:`OfflineSourceError`.
+* ``LocalEntryNotFoundError`` (offline, or unreachable, and not cached): :class:`OfflineSourceError`;
+* ``HfHubHTTPError`` (a 5xx the client gave up on, a 401...), the client's own
+  transport errors (a connection cut mid-file is ``httpx``'s
+  ``RemoteProtocolError``, after the client's own resumes), and the
+  ``OSError`` of its size check: :class:`SourceError`, naming the repo and
+  the file;
+* ``ValueError`` (``HFValidationError``, a bad repo id or file path): :class:`SourceSpecError`.
+
+A file path is checked before the client sees it: a path that leaves the
+repo (``../x``, ``/etc/x``) is refused, and one named by a shard index is a
+:class:`CorruptCheckpointError` naming the index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import posixpath
+import sys
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub
 
-from weightsurgery.errors import CorruptCheckpointError, OfflineSourceError, SourceNotFoundError
+from weightsurgery.errors import (
+    CorruptCheckpointError,
+    OfflineSourceError,
+    SourceError,
+    SourceNotFoundError,
+    SourceSpecError,
+)
 
-__all__ = ["HUB_PREFIX", "Fetcher", "commit_of"]
+__all__ = ["HUB_PREFIX", "Fetcher", "commit_of", "evict", "outside_repo"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +97,13 @@ class Fetcher:
 
         revision = revision or self.revision
         where = f"{self.repo_id}@{revision or 'main'}"
+        if outside_repo(filename):
+            raise SourceSpecError(
+                f"{filename!r} is not a path inside hub repo {self.repo_id} (it leaves the repo); "
+                "name a file relative to the repo root, e.g. 'hf-hub:org/repo/sub/weights.safetensors'",
+                source=f"{HUB_PREFIX}{where}/{filename}",
+            )
+        filename = posixpath.normpath(filename)
         try:
             path = hf_hub_download(
                 self.repo_id,
@@ -124,10 +149,22 @@ class Fetcher:
                 f"(it is relative to the repo root), or leave it out to take {FIRST_CHOICE}",
                 source=f"{HUB_PREFIX}{where}/{filename}",
             ) from exc
+        except ValueError as exc:  # HFValidationError and the client's own path checks
+            raise SourceSpecError(
+                f"the hub client refused {filename!r} from {where}: {exc}; check the repo id and the path in the repo",
+                source=f"{HUB_PREFIX}{where}/{filename}",
+            ) from exc
+        except (OSError, *_transport_errors()) as exc:  # HfHubHTTPError is an OSError too
+            raise SourceError(
+                f"downloading {filename} from hub repo {where} failed ({type(exc).__name__}: {_first_line(exc)}); "
+                "nothing usable was cached; try again (huggingface_hub resumes a partial download), "
+                "or check HF_ENDPOINT and your connection",
+                source=f"{HUB_PREFIX}{where}/{filename}",
+            ) from exc
         return Path(path)
 
-    def fetch_shards(self, index_name: str, index_local: Path) -> tuple[str, ...]:
-        """Fetch every shard an ``*.index.json`` names, at the index's own commit."""
+    def fetch_shards(self, index_name: str, index_local: Path) -> tuple[tuple[str, Path], ...]:
+        """Fetch every shard an ``*.index.json`` names, at the index's own commit: ``(path in repo, local)``."""
         try:
             weight_map = json.loads(index_local.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -136,11 +173,19 @@ class Fetcher:
                 source=f"{HUB_PREFIX}{self.repo_id}/{index_name}",
             ) from exc
         folder = posixpath.dirname(index_name)
-        shards = tuple(dict.fromkeys(posixpath.join(folder, shard) for shard in weight_map.values()))
+        named = dict.fromkeys(weight_map.values()) if isinstance(weight_map, dict) else {}
+        leaving = [shard for shard in named if not isinstance(shard, str) or outside_repo(posixpath.join(folder, shard))]
+        if leaving or not named:
+            raise CorruptCheckpointError(
+                f"{self.repo_id}/{index_name} names shards outside the repo folder ({', '.join(map(repr, leaving))}); "
+                "a shard index may only name files beside it or below it; name a weights file instead"
+                if leaving
+                else f"{self.repo_id}/{index_name} has an empty 'weight_map'; name a weights file instead",
+                source=f"{HUB_PREFIX}{self.repo_id}/{index_name}",
+            )
+        shards = tuple(posixpath.normpath(posixpath.join(folder, shard)) for shard in named)
         commit = commit_of(index_local)
-        for shard in shards:
-            self.fetch(shard, revision=commit)
-        return shards
+        return tuple((shard, self.fetch(shard, revision=commit)) for shard in shards)  # type: ignore[misc]
 
 
 def commit_of(local: Path) -> str | None:
@@ -149,6 +194,46 @@ def commit_of(local: Path) -> str | None:
         if parent.parent.name == "snapshots":
             return parent.name
     return None
+
+
+def outside_repo(filename: str) -> bool:
+    """Whether a path in a repo leaves it: absolute, ``..`` above the root, a backslash or a drive.
+
+    Example:
+        >>> [outside_repo(p) for p in ("a/b.safetensors", "a/../b.bin", "../b.bin", "/etc/passwd", "C:x")]
+        [False, False, True, True, True]
+    """
+    if not filename or filename.startswith("/") or "\\" in filename or ":" in filename.split("/", 1)[0]:
+        return True
+    return posixpath.normpath(filename).split("/", 1)[0] in ("..", ".")
+
+
+def evict(local: Path) -> None:
+    """Remove a file from the hub cache: its snapshot entry and the blob it points to.
+
+    The next ``hf_hub_download`` of it then downloads it again, even at the same commit.
+    """
+    blob = local.resolve() if local.is_symlink() else None
+    with contextlib.suppress(FileNotFoundError):
+        local.unlink()
+    if blob is not None and blob.parent.name == "blobs":
+        with contextlib.suppress(FileNotFoundError):
+            blob.unlink()
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library errors of whichever client library huggingface_hub runs on (already imported)."""
+    found: list[type[BaseException]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
 
 
 def _why_unreachable(exc: BaseException) -> str:

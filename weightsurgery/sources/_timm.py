@@ -124,6 +124,7 @@ def _open_url_or_file(
     from weightsurgery.sources import files
 
     sha256 = None
+    download = None
     if cfg.file:
         path = Path(cfg.file).expanduser()
         if not path.exists():
@@ -137,7 +138,10 @@ def _open_url_or_file(
         download = url_source.download_to_cache(cfg.url, quiet=quiet, key=key, weights_only=weights_only)
         path, sha256 = download.path, download.sha256
         details = {**details, "url": cfg.url, "downloaded": download.downloaded}
-    ckpt = files.open_path(path, key=key, weights_only=weights_only)
+    if download is None:
+        ckpt = files.open_path(path, key=key, weights_only=weights_only)
+    else:
+        ckpt = url_source.open_cached(download, key=key, weights_only=weights_only)
     ckpt.origin = dataclasses.replace(
         ckpt.origin,
         kind=SourceKind.TIMM,

@@ -2,10 +2,13 @@
 
 The file is fetched from ``weights.url`` into ``$TORCH_HOME/hub/checkpoints/<basename>``,
 exactly where ``weights.get_state_dict()`` (``torch.hub.load_state_dict_from_url(...,
-check_hash=True)``) puts it, with the same file-name hash check, so either
-reuses the other's download. It is then opened lazily (memory-mapped) rather
-than loaded whole. A file already in that folder is used without a hash check,
-as torch does: pre-seeding the folder is how an offline machine gets weights.
+check_hash=True)``) puts it, with the same file-name hash check (torch.hub's own
+pattern, since torch.hub checks these names), so either reuses the other's
+download. It is then opened lazily (memory-mapped) rather than loaded whole.
+Unlike torch, a file already in that folder is verified against the hash in
+its name too, once, and marked (see :mod:`~weightsurgery.sources.url`):
+pre-seeding the folder with the real files is how an offline machine gets
+weights, and a file that is not what its name says is evicted.
 """
 
 from __future__ import annotations
@@ -98,10 +101,10 @@ def open_weights(
         IntegrityError: the download does not match the hash in its file name.
         OfflineSourceError: offline and not in ``$TORCH_HOME/hub/checkpoints``.
     """
-    download = url_source.download_to_cache(weights.url, quiet=quiet, key=key, weights_only=weights_only)
-    from weightsurgery.sources import files
-
-    ckpt = files.open_path(download.path, key=key, weights_only=weights_only)
+    download = url_source.download_to_cache(
+        weights.url, quiet=quiet, key=key, weights_only=weights_only, torch_hub_names=True
+    )
+    ckpt = url_source.open_cached(download, key=key, weights_only=weights_only)
     ckpt.metadata.update(weights_metadata(weights))
     ckpt.origin = dataclasses.replace(
         ckpt.origin,

@@ -10,6 +10,12 @@ taken: ``model.safetensors``, then the sharded
 ``model.safetensors.index.json`` (and every shard it names), then
 ``pytorch_model.bin`` and its sharded index. Shards are fetched at the commit
 the index came from, so a branch moving mid-download cannot mix two commits.
+
+A fetched file that fails to open as a checkpoint (an HTML page a mirror
+served as 200, a file cut short) is evicted from huggingface_hub's cache,
+snapshot entry and blob, so the next run downloads it again instead of
+reusing the broken copy; a pickle refused as unsafe stays, and the error
+says where (:mod:`~weightsurgery.sources._evict`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from weightsurgery.errors import OfflineSourceError, SourceNotFoundError, SourceSpecError
-from weightsurgery.sources._hub_fetch import HUB_PREFIX, Fetcher, commit_of
+from weightsurgery.sources._evict import open_or_evict
+from weightsurgery.sources._hub_fetch import HUB_PREFIX, Fetcher, commit_of, evict
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 
 __all__ = [
@@ -71,6 +78,7 @@ class HubFiles:
         filename: the file in the repo that the checkpoint opens (a weights file or a shard index).
         local: where that file is in the cache.
         filenames: every file fetched, as paths in the repo.
+        paths: where each of ``filenames`` is in the cache.
     """
 
     repo_id: str
@@ -78,6 +86,7 @@ class HubFiles:
     filename: str
     local: Path
     filenames: tuple[str, ...]
+    paths: tuple[Path, ...] = ()
 
 
 def parse_hub_id(src: str, *, revision: str | None = None) -> HubId:
@@ -149,10 +158,12 @@ def download(
         local = fetcher.fetch(filename, missing_ok=len(candidates) > 1)
         if local is None:
             continue
-        filenames = (filename,)
+        filenames, paths = (filename,), (local,)
         if filename.endswith(".index.json"):
-            filenames += fetcher.fetch_shards(filename, local)
-        return HubFiles(repo_id, commit_of(local), filename, local, filenames)
+            shards = fetcher.fetch_shards(filename, local)
+            filenames += tuple(shard for shard, _ in shards)
+            paths += tuple(path for _, path in shards)
+        return HubFiles(repo_id, commit_of(local), filename, local, filenames, paths)
     where = f"{repo_id}@{revision or 'main'}"
     if fetcher.unreachable is not None:
         raise OfflineSourceError(
@@ -225,10 +236,19 @@ def open_downloaded(
 
     Returns:
         The checkpoint.
+
+    Raises:
+        CorruptCheckpointError: a fetched file is broken; it was evicted from the hub cache.
+        UnsafeCheckpointError: a pickle needs code; it stays in the cache, and the message says where.
     """
     from weightsurgery.sources import files as local_files
 
-    ckpt = local_files.open_path(files.local, key=key, weights_only=weights_only)
+    ckpt = open_or_evict(
+        lambda: local_files.open_path(files.local, key=key, weights_only=weights_only),
+        files.paths or (files.local,),
+        evict=evict,
+        came_from=f"hub repo {files.repo_id}" + (f" at commit {files.commit}" if files.commit else ""),
+    )
     ckpt.origin = dataclasses.replace(
         ckpt.origin,
         kind=kind,

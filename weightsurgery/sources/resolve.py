@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def classify(src: Any) -> SourceForm:
         if os.path.exists(src) or _looks_like_path(src):
             return SourceForm.PATH
         return SourceForm.REGISTRY
-    if type(src).__module__.startswith("torchvision.models"):  # a Weights enum member
+    api = sys.modules.get("torchvision.models._api")  # a member of any WeightsEnum, torchvision's or a registered one
+    if api is not None and isinstance(src, api.WeightsEnum):
         return SourceForm.REGISTRY
     raise TypeError(
         f"cannot resolve a source of type {type(src).__name__}: pass a path, URL, 'hf-hub:org/repo', "

@@ -1,29 +1,44 @@
-"""URL sources: ``http(s)://`` checkpoints, downloaded once into the torch hub cache.
+"""URL sources: ``http(s)://`` checkpoints, downloaded once into the torch hub cache, verified.
 
-Downloads land in ``torch.hub.get_dir()/checkpoints/<basename>``, the folder
-``torch.hub.load_state_dict_from_url`` and torchvision use, so a file fetched
-by either is reused by the other.
+Downloads land in ``torch.hub.get_dir()/checkpoints/``, the folder
+``torch.hub.load_state_dict_from_url`` and torchvision use.
 
-The cache is never poisoned. :func:`download_to_cache` has
-``torch.hub.download_url_to_file`` write into a private folder beside the
-cache entry (torch itself streams into ``<dst>.<uuid>.partial`` and moves it
-to ``dst`` only after the transfer ends, deleting the partial on any
-exception). Then it checks what torch does not:
+**The cache is keyed by URL** (:func:`cache_path`). Two URLs ending in the
+same file name are different files, so an entry is named
+``<stem>.<12 hex of the URL's sha256><suffix>`` (``w.safetensors`` from
+``https://a/x/w.safetensors`` is ``w.3f2a9c1b7d4e.safetensors``). Only a name
+that carries a hash keeps its own name, because the hash pins the content:
+``resnet18-f37072fd.pth`` is the same file whatever URL serves it, and it is
+where torch.hub and torchvision cache it too. The cache key is the URL less
+its ``#fragment``, query included.
 
-* the **full sha256**, against a ``#sha256=<hex>`` fragment and/or the
-  ``name-<sha256 prefix>.ext`` file-name convention (``torch.hub``'s
-  ``check_hash``; we require at least 8 hex digits, as torch documents, so
-  ``efficientnet-b0.pth`` is not read as a hash);
-* that the file **opens as a checkpoint**. ``download_url_to_file`` accepts a
-  connection closed before ``Content-Length`` bytes arrived as a complete
-  download; a truncated zip pickle or safetensors file fails to open, so it
-  is caught here.
+**A hash in a file name** follows torch.hub's convention, ``name-<sha256
+prefix>.ext``, and is read only where that convention clearly applies
+(:func:`expected_hashes`):
 
-Only then is the file renamed into the cache. On any failure the private
-folder is removed and nothing is cached.
+* for torchvision's weights, which torch.hub itself checks (``check_hash=True``),
+  torch.hub's own pattern, ``-<hex>.``, 8 digits or more;
+* for any other URL, the last ``-<hex>`` before the suffix, 8 to 64 digits,
+  with at least one of ``a-f``: ``resnet-20240115.pth`` carries a date, not a hash.
+
+A ``#sha256=<64 hex>`` fragment pins the whole content, on any URL.
+
+**Verification.** :func:`download_to_cache` has :func:`~weightsurgery.sources._download.fetch`
+write into a private folder beside the cache (connect and read timeouts,
+retries with backoff, a transfer cut short refused), then checks the
+**full sha256** against the fragment and the name, and that the file
+**opens as a checkpoint** (an HTML error page served as 200 does not). Only
+then is it renamed into the cache, with a mark beside it (``.<name>.sha256``:
+the digest, the size and the modification time). A cached file that carries
+a hash is verified again whenever that mark is missing or stale (a file
+placed by hand, fetched by torch.hub, or changed since), and the mark is
+written once it passes; a cached file that fails is evicted. A cached file
+that fails to open is evicted too (:mod:`~weightsurgery.sources._evict`),
+so the next run downloads it again.
 
 Offline (``HF_HUB_OFFLINE=1``, the switch huggingface_hub reads) a cached file
-is used and an uncached one fails at once with :class:`OfflineSourceError`.
+is used and an uncached one fails at once with :class:`OfflineSourceError`,
+naming where to put the file.
 """
 
 from __future__ import annotations
@@ -31,14 +46,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import torch.hub
@@ -48,17 +64,28 @@ from weightsurgery.errors import (
     IntegrityError,
     OfflineSourceError,
     SourceError,
-    SourceNotFoundError,
     SourceSpecError,
 )
+from weightsurgery.sources._download import DownloadPolicy, fetch
+from weightsurgery.sources._evict import open_or_evict
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 
-__all__ = ["Download", "download_to_cache", "expected_hashes", "open_url"]
+__all__ = [
+    "Download",
+    "DownloadPolicy",
+    "cache_path",
+    "download_to_cache",
+    "expected_hashes",
+    "open_cached",
+    "open_url",
+]
 
 logger = logging.getLogger(__name__)
 
 _NAME_HASH = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
+_TORCH_HUB_HASH = torch.hub.HASH_REGEX  # -([a-f0-9]*)\.  : what torch.hub's check_hash reads
 _FRAGMENT_HASH = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+_KEY_DIGITS = 12
 _CHUNK = 1 << 20
 
 
@@ -70,28 +97,37 @@ class Download:
         path: the cached file.
         sha256: the full hash, when it was checked against an expectation.
         downloaded: ``False`` when the file was already cached.
+        url: the URL it came from.
     """
 
     path: Path
     sha256: str | None
     downloaded: bool
+    url: str = ""
 
 
-def expected_hashes(url: str) -> tuple[str | None, str | None]:
+def expected_hashes(url: str, *, torch_hub_names: bool = False) -> tuple[str | None, str | None]:
     """The hashes a URL promises: ``(full sha256 from #sha256=, prefix from the file name)``.
 
     Args:
         url: the URL, possibly with a ``#sha256=<64 hex>`` fragment.
+        torch_hub_names: read the file name as torch.hub's ``check_hash`` does (torchvision's
+            weights): any ``-<hex>.`` of 8 digits or more, digits only included.
 
     Returns:
         The full hash (lowercase) or ``None``, and the file-name prefix or ``None``.
 
     Raises:
-        SourceSpecError: the fragment is present but is not ``sha256=`` and 64 hex digits.
+        SourceSpecError: the fragment is present but is not ``sha256=`` and 64 hex digits,
+            or the URL names no file.
 
     Example:
         >>> expected_hashes("https://example.com/resnet18-f37072fd.pth")
         (None, 'f37072fd')
+        >>> expected_hashes("https://example.com/resnet-20240115.pth")  # a date, not a hash
+        (None, None)
+        >>> expected_hashes("https://download.pytorch.org/models/vgg13-19584684.pth", torch_hub_names=True)
+        (None, '19584684')
         >>> expected_hashes("https://example.com/w.safetensors#sha256=" + "a" * 64)[0][:4]
         'aaaa'
     """
@@ -105,8 +141,47 @@ def expected_hashes(url: str) -> tuple[str | None, str | None]:
                 source=url,
             )
         full = match.group(1).lower()
-    name_match = _NAME_HASH.search(_basename(url))
-    return full, (name_match.group(1) if name_match else None)
+    name = _file_name(url)
+    if torch_hub_names:
+        found = _TORCH_HUB_HASH.search(name)
+        prefix = found.group(1) if found and len(found.group(1)) >= 8 else None
+    else:
+        found = _NAME_HASH.search(name)
+        prefix = found.group(1) if found and not found.group(1).isdigit() else None
+    return full, prefix
+
+
+def cache_path(url: str, *, torch_hub_names: bool = False) -> Path:
+    """Where ``url`` is cached: its own name if that carries a hash, else a name keyed by the URL.
+
+    Args:
+        url: the URL.
+        torch_hub_names: see :func:`expected_hashes`.
+
+    Returns:
+        The path under ``torch.hub.get_dir()/checkpoints``; place a file there to use it offline.
+
+    Raises:
+        SourceSpecError: the URL names no file (it ends in ``/``, ``/.`` or ``/..``).
+
+    Example:
+        >>> cache_path("https://example.com/resnet18-f37072fd.pth").name
+        'resnet18-f37072fd.pth'
+        >>> a, b = (cache_path(f"https://{host}/w.safetensors").name for host in ("a.org", "b.org"))
+        >>> a != b, a.startswith("w.") and a.endswith(".safetensors")
+        (True, True)
+    """
+    name = _file_name(url)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if expected_hashes(url, torch_hub_names=torch_hub_names)[1] is not None:
+        return folder / name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem:
+        stem, suffix = name, ""
+    else:
+        suffix = "." + suffix[:16]
+    key = hashlib.sha256(_strip_fragment(url).encode()).hexdigest()[:_KEY_DIGITS]
+    return folder / f"{stem[:96]}.{key}{suffix}"
 
 
 def download_to_cache(
@@ -116,6 +191,8 @@ def download_to_cache(
     offline: bool | None = None,
     key: str | None = None,
     weights_only: bool = True,
+    torch_hub_names: bool = False,
+    policy: DownloadPolicy | None = None,
 ) -> Download:
     """Fetch ``url`` into the torch hub cache, verified, or reuse the cached copy.
 
@@ -125,63 +202,75 @@ def download_to_cache(
         offline: use only the cache; ``None`` follows ``HF_HUB_OFFLINE``.
         key: passed to the open that proves a fresh download is a whole checkpoint.
         weights_only: passed to that open.
+        torch_hub_names: see :func:`expected_hashes` (torchvision's weights).
+        policy: timeouts and retries; ``None`` reads :meth:`DownloadPolicy.from_env`.
 
     Returns:
         Where the file is and which hash was verified.
 
     Raises:
-        IntegrityError: the content does not match the promised hash; nothing was cached.
+        IntegrityError: the content does not match the promised hash; nothing was cached
+            (a cached copy that does not match is evicted).
         CorruptCheckpointError: the transfer was cut short or the file is not a checkpoint; nothing was cached.
         SourceNotFoundError: the server answered 404 or 410.
         SourceError: the server answered another HTTP error.
-        OfflineSourceError: offline, or the server is unreachable, and the file is not cached.
+        OfflineSourceError: offline, or the server is unreachable or stalls, and the file is not cached.
 
     Example:
         >>> download_to_cache("https://example.com/w.pth", offline=True)  # doctest: +SKIP
     """
-    full, prefix = expected_hashes(url)
-    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = cache_dir / _basename(url)
+    full, prefix = expected_hashes(url, torch_hub_names=torch_hub_names)
+    cached = cache_path(url, torch_hub_names=torch_hub_names)
     if cached.is_file():
-        digest = None
-        if full is not None:  # the user pinned the content: hold the cache to it too
-            digest = _sha256(cached)
-            _check(url, cached, digest, full, prefix, cached_copy=True)
+        digest = _verify_cached(url, cached, full, prefix)
         logger.debug("using cached %s for %s", cached, url)
-        return Download(cached, digest, downloaded=False)
+        return Download(cached, digest, downloaded=False, url=url)
     if _offline(offline):
         raise OfflineSourceError(
-            f"{url} is not cached at {cached} and offline mode is on (HF_HUB_OFFLINE=1); "
+            f"{url} is not cached (looked for {cached}) and offline mode is on (HF_HUB_OFFLINE=1); "
             "run once with the network to fetch it, or download the file and place it at that path",
             source=url,
         )
-    with _private_dir(cache_dir) as scratch:
+    policy = policy or DownloadPolicy.from_env()
+    with _private_dir(cached.parent) as scratch:
         tmp = scratch / cached.name
         logger.info("downloading %s to %s", url, cached)
-        try:
-            torch.hub.download_url_to_file(_strip_fragment(url), os.fspath(tmp), None, progress=not quiet)
-        except urllib.error.HTTPError as exc:
-            if exc.code in (404, 410):
-                raise SourceNotFoundError(
-                    f"{url} answered HTTP {exc.code} ({exc.reason}); check the URL", source=url
-                ) from exc
-            raise SourceError(
-                f"{url} answered HTTP {exc.code} ({exc.reason}); nothing was cached; check access to it, "
-                "or try again later",
-                source=url,
-            ) from exc
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise OfflineSourceError(
-                f"cannot reach {url} ({getattr(exc, 'reason', exc)}) and it is not cached at {cached}; "
-                "connect to the network, or download the file and place it at that path",
-                source=url,
-            ) from exc
-        digest = _sha256(tmp)
-        _check(url, cached, digest, full, prefix, cached_copy=False)
+        digest = fetch(_strip_fragment(url), tmp, entry=cached, policy=policy, quiet=quiet)
+        _check(url, cached, digest, full, prefix)
         _prove_complete(url, cached, tmp, key=key, weights_only=weights_only)
         os.replace(tmp, cached)
-    checked = digest if (full or prefix) else None
-    return Download(cached, checked, downloaded=True)
+    _write_mark(cached, digest, url)
+    return Download(cached, digest if (full or prefix) else None, downloaded=True, url=url)
+
+
+def open_cached(download: Download, *, key: str | None, weights_only: bool) -> Checkpoint:
+    """Open a cached download; a file found corrupt is evicted, so the next run downloads it again.
+
+    Args:
+        download: what :func:`download_to_cache` returned.
+        key: the container to take inside a nested checkpoint.
+        weights_only: refuse pickles that need code.
+
+    Returns:
+        The checkpoint, with the origin of the file itself (callers stamp their own).
+
+    Raises:
+        CorruptCheckpointError: the cached file is broken; it was evicted.
+        UnsafeCheckpointError: a pickle needs code; it stays in the cache, and the message says where.
+    """
+    return open_or_evict(
+        lambda: _open_files(download.path, key=key, weights_only=weights_only),
+        [download.path],
+        evict=_remove_entry,
+        came_from=download.url or "a download",
+    )
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a cached file and its verification mark."""
+    for stale in (path, _mark_path(path)):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def open_url(url: str, *, key: str | None, weights_only: bool, quiet: bool) -> Checkpoint:
@@ -199,7 +288,7 @@ def open_url(url: str, *, key: str | None, weights_only: bool, quiet: bool) -> C
     Raises:
         IntegrityError: the download does not match its hash; nothing was cached.
         SourceNotFoundError: the server has no such file.
-        OfflineSourceError: offline or unreachable, and not cached.
+        OfflineSourceError: offline, unreachable or stalled, and not cached.
 
     Example:
         >>> from weightsurgery.sources import resolve
@@ -208,7 +297,7 @@ def open_url(url: str, *, key: str | None, weights_only: bool, quiet: bool) -> C
         'f37072fd'
     """
     download = download_to_cache(url, quiet=quiet, key=key, weights_only=weights_only)
-    ckpt = _open_files(download.path, key=key, weights_only=weights_only)
+    ckpt = open_cached(download, key=key, weights_only=weights_only)
     ckpt.origin = dataclasses.replace(
         ckpt.origin,
         kind=SourceKind.URL,
@@ -226,7 +315,7 @@ def _open_files(path: Path, *, key: str | None = None, weights_only: bool = True
 
 
 def _prove_complete(url: str, dest: Path, tmp: Path, *, key: str | None, weights_only: bool) -> None:
-    """Open the fresh download: a transfer cut short, or an error page, fails here, before the cache."""
+    """Open the fresh download: an error page, or anything else that is not a checkpoint, fails here."""
     try:
         _open_files(tmp, key=key, weights_only=weights_only).close()
     except CorruptCheckpointError as exc:
@@ -239,16 +328,64 @@ def _prove_complete(url: str, dest: Path, tmp: Path, *, key: str | None, weights
         pass  # the file is whole; the caller's own open reports what is wrong with the options
 
 
-def _check(url: str, dest: Path, digest: str, full: str | None, prefix: str | None, *, cached_copy: bool) -> None:
+def _verify_cached(url: str, cached: Path, full: str | None, prefix: str | None) -> str | None:
+    """Hold a cached file to its hashes; a fresh mark saves re-hashing. A mismatch evicts it."""
+    stat = cached.stat()
+    mark = _read_mark(cached)
+    fresh = mark is not None and (mark.get("size"), mark.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+    promised = [expected for expected in (full, prefix) if expected]
+    if fresh and all(mark["sha256"].startswith(expected) for expected in promised):
+        return mark["sha256"] if promised else None
+    if not promised and mark is None:
+        return None  # placed by hand, with nothing to hold it to
+    digest = _sha256(cached)
+    wanted = promised or [mark["sha256"]]  # no promise: it must still be what was downloaded
+    wrong = next((expected for expected in wanted if not digest.startswith(expected)), None)
+    if wrong is not None:
+        _remove_entry(cached)
+        what = "expected" if promised else "it was downloaded as"
+        raise IntegrityError(
+            f"sha256 mismatch for {url}: the cached copy {cached} has {digest}, {what} {wrong}; "
+            "removed it from the cache, so the next run downloads it again",
+            source=url,
+        )
+    _write_mark(cached, digest, url)
+    return digest if promised else None
+
+
+def _check(url: str, dest: Path, digest: str, full: str | None, prefix: str | None) -> None:
     wrong = [expected for expected in (full, prefix) if expected and not digest.startswith(expected)]
-    if not wrong:
-        return
-    where = (
-        f"the cached copy {dest} does not match; delete it and download again"
-        if cached_copy
-        else f"nothing was cached at {dest}; check the URL and its hash, or whether the server changed the file"
-    )
-    raise IntegrityError(f"sha256 mismatch for {url}: expected {wrong[0]}, got {digest}; {where}", source=url)
+    if wrong:
+        raise IntegrityError(
+            f"sha256 mismatch for {url}: expected {wrong[0]}, got {digest}; nothing was cached at {dest}; "
+            "check the URL and its hash, or whether the server changed the file",
+            source=url,
+        )
+
+
+def _mark_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _read_mark(path: Path) -> dict[str, Any] | None:
+    try:
+        mark = json.loads(_mark_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) and isinstance(mark.get("sha256"), str) else None
+
+
+def _write_mark(path: Path, digest: str, url: str) -> None:
+    stat = path.stat()
+    text = json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "url": url})
+    mark = _mark_path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=mark.name, suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, mark)
+    except OSError as exc:  # a read-only cache still works; the hash is checked again next time
+        logger.debug("could not mark %s as verified: %s", path, exc)
 
 
 def _sha256(path: Path) -> str:
@@ -267,10 +404,15 @@ def _offline(offline: bool | None) -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _basename(url: str) -> str:
-    name = os.path.basename(urlsplit(url).path)
-    if not name:
-        raise SourceSpecError(f"{url!r} names no file; give the URL of the checkpoint file itself", source=url)
+def _file_name(url: str) -> str:
+    """The URL's last path segment; ``/``, ``/.`` and ``/..`` (a folder, RFC 3986) name no file."""
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):
+        raise SourceSpecError(
+            f"{url!r} names no file (its path ends in {'/' + name!r}, a folder); "
+            "give the URL of the checkpoint file itself",
+            source=url,
+        )
     return name
 
 
