@@ -103,9 +103,14 @@ def test_the_policy_reads_the_environment(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WEIGHTSURGERY_READ_TIMEOUT", "0"), ("WEIGHTSURGERY_CONNECT_TIMEOUT", "soon"), ("WEIGHTSURGERY_DOWNLOAD_RETRIES", "-1")],
+    [
+        ("WEIGHTSURGERY_READ_TIMEOUT", "0"),
+        ("WEIGHTSURGERY_READ_TIMEOUT", "inf"),
+        ("WEIGHTSURGERY_CONNECT_TIMEOUT", "soon"),
+        ("WEIGHTSURGERY_DOWNLOAD_RETRIES", "-1"),
+    ],
 )
 def test_a_bad_setting_names_the_variable(monkeypatch, hub_standin, name, value) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SourceSpecError, match=rf"{name}='{value}' is not valid; set it to .*, or unset it"):
-        resolve(hub_standin.add_static(f"setting-{name}.safetensors", save(tensors(4))), quiet=True)
+        resolve(hub_standin.add_static(f"setting-{name}-{value}.safetensors", save(tensors(4))), quiet=True)

@@ -103,3 +103,17 @@ def test_a_refused_unsafe_hub_pickle_stays_in_the_cache_and_the_error_says_where
     ) as info:
         resolve("hf-hub:f/unsafe", quiet=True)
     assert os.path.isfile(info.value.source) and "/snapshots/" in info.value.source
+
+
+def test_a_file_truncated_after_it_was_opened_is_evicted_when_a_tensor_is_read(hub_standin) -> None:
+    state = tensors(6)
+    hub_standin.add_commit("f/truncated", {"model.safetensors": save(state)})
+    ckpt = resolve("hf-hub:f/truncated", quiet=True)
+    local = ckpt.origin.files[0]
+    os.truncate(os.path.realpath(local), os.path.getsize(local) - 8)  # the disk copy loses its last bytes
+    with pytest.raises(CorruptCheckpointError, match=r"it came from hub repo f/truncated .*: removed .* from the cache"):
+        ckpt.state_dict()
+    ckpt.close()
+    assert not os.path.exists(local)
+    with resolve("hf-hub:f/truncated", quiet=True) as again:
+        assert torch.equal(again.load("layer.weight"), state["layer.weight"])

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import http.client
 import logging
+import math
 import os
 import time
 import urllib.error
@@ -102,7 +103,7 @@ class DownloadPolicy:
             except ValueError:
                 value = None
             positive = field.endswith("timeout")
-            if value is None or value < 0 or (positive and value == 0) or value != value:
+            if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
                 rule = "a number of seconds above 0" if positive else f"a {kind.__name__} of 0 or more"
                 raise SourceSpecError(f"{name}={raw!r} is not valid; set it to {rule}, or unset it", source=name)
             values[field] = value

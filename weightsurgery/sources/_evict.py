@@ -4,7 +4,9 @@ A file the cache holds is opened through :func:`open_or_evict`:
 
 * a :class:`CorruptCheckpointError` (an HTML page served as 200, a file cut
   short, a file changed on disk) **evicts** the broken file, so that the
-  next run downloads it again instead of failing the same way forever;
+  next run downloads it again instead of failing the same way forever. That
+  holds when the file is opened, and when a tensor is read from it later,
+  at apply time (a file truncated after it was opened);
 * an :class:`UnsafeCheckpointError` keeps the file, because it is whole and
   is exactly what its source serves: downloading it again would bring the
   same bytes. The error says where it is, so it can be deleted, or opened
@@ -17,6 +19,8 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 from weightsurgery.errors import CorruptCheckpointError, UnsafeCheckpointError
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -38,7 +42,7 @@ def open_or_evict(
         came_from: where the files were downloaded from, for the message.
 
     Returns:
-        What ``open_`` returned.
+        What ``open_`` returned, its reads guarded the same way.
 
     Raises:
         CorruptCheckpointError: the files are broken; the one named (or all) left the cache.
@@ -58,18 +62,9 @@ def open_or_evict(
         False
     """
     try:
-        return open_()
+        ckpt = open_()
     except CorruptCheckpointError as exc:
-        named = [path for path in files if exc.source in (str(path), os.path.realpath(path))]
-        broken = named or list(files)
-        for path in broken:
-            logger.warning("evicting %s from the cache: %s", path, exc)
-            evict(path)
-        raise CorruptCheckpointError(
-            f"{exc}; it came from {came_from}: removed {', '.join(map(str, broken))} from the cache, "
-            "so the next run downloads it again",
-            source=exc.source,
-        ) from exc
+        raise _evicted(exc, files, evict=evict, came_from=came_from) from exc
     except UnsafeCheckpointError as exc:
         where = exc.source or str(files[0])
         raise UnsafeCheckpointError(
@@ -77,3 +72,27 @@ def open_or_evict(
             "bring the same bytes): delete it if you do not trust its source",
             source=exc.source,
         ) from exc
+
+    def load(key: str) -> torch.Tensor:
+        try:
+            return ckpt.load(key)
+        except CorruptCheckpointError as exc:
+            raise _evicted(exc, files, evict=evict, came_from=came_from) from exc
+
+    return Checkpoint(ckpt.metas, load, ckpt.origin, metadata=ckpt.metadata, closer=ckpt.close, owned=ckpt.owned)
+
+
+def _evicted(
+    exc: CorruptCheckpointError, files: Sequence[Path], *, evict: Callable[[Path], None], came_from: str
+) -> CorruptCheckpointError:
+    """Evict the file ``exc`` names (or all of ``files``); the error to raise instead, saying so."""
+    named = [path for path in files if exc.source in (str(path), os.path.realpath(path))]
+    broken = named or list(files)
+    for path in broken:
+        logger.warning("evicting %s from the cache: %s", path, exc)
+        evict(path)
+    return CorruptCheckpointError(
+        f"{exc}; it came from {came_from}: removed {', '.join(map(str, broken))} from the cache, "
+        "so the next run downloads it again",
+        source=exc.source,
+    )
