@@ -21,6 +21,7 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     ├── ModuleProtocolError(TypeError)                a module transfer cannot handle (lazy, unloadable extra state)
     ├── StrictTransferError(RuntimeError)             strict=True and keys were left over
     ├── CoverageError(RuntimeError)                   coverage under min_coverage=
+    ├── ShardedTransferError(RuntimeError)            a sharded (DTensor) transfer failed on some rank: the same error on every rank
     ├── AdapterError(ValueError)                      an adapter whose conditions do not hold
     ├── RecipeError(ValueError)                       a recipe file or field that is malformed
     ├── InitSpecError(ValueError)                     a bad init spec or rule; lists the valid ones
@@ -60,6 +61,7 @@ __all__ = [
     "PlanError",
     "RecipeError",
     "ShapeMismatchError",
+    "ShardedTransferError",
     "SharedMemoryConflictError",
     "SourceError",
     "SourceNotFoundError",
@@ -256,6 +258,21 @@ class CoverageError(WeightSurgeryError, RuntimeError):
         super().__init__(message)
         self.coverage = coverage
         self.required = required
+
+
+class ShardedTransferError(WeightSurgeryError, RuntimeError):
+    """A transfer into a sharded (DTensor) model failed; every rank raises this same error.
+
+    Attributes:
+        failures: rank -> ``"ErrorType: message"`` for every rank that failed (``{}``
+            when the failure is not tied to a rank, e.g. a placement no transfer can fill).
+        phase: the step that failed (``"resolve"``, ``"plan"``, ``"stage"``...), or ``None``.
+    """
+
+    def __init__(self, message: str, *, failures: Mapping[int, str], phase: str | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures)
+        self.phase = phase
 
 
 class AdapterError(WeightSurgeryError, ValueError):

@@ -144,6 +144,10 @@ class Report:
             took, or ``None`` (missing: the module keeps its own), as torch's
             ``get_extra_state``/``set_extra_state`` protocol names them.
         unused_extra_state: source extra-state keys no target module took.
+        ranks: for a sharded (DTensor) target, one dict per rank, in rank order:
+            ``rank``, ``bytes_read`` (from the file readers' own counters),
+            ``bytes_received`` (by broadcast from rank 0) and ``seconds``; every
+            rank gets the same report. ``()`` on one process.
 
     Assigning an attribute raises :class:`dataclasses.FrozenInstanceError`, and
     ``records`` and ``extra_state`` are read-only mappings.
@@ -174,6 +178,7 @@ class Report:
         model: Any = None,
         extra_state: Mapping[str, str | None] | None = None,
         unused_extra_state: Sequence[str] = (),
+        ranks: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.records: Mapping[str, KeyRecord] = MappingProxyType(dict(records))
         self.origin = origin
@@ -185,6 +190,7 @@ class Report:
         self.model = model
         self.extra_state: Mapping[str, str | None] = MappingProxyType(dict(extra_state or {}))
         self.unused_extra_state: tuple[str, ...] = tuple(unused_extra_state)
+        self.ranks: tuple[Mapping[str, Any], ...] = tuple(MappingProxyType(dict(r)) for r in ranks)
         self.__dict__["_sealed"] = True
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -311,6 +317,7 @@ class Report:
             "extra_state": dict(self.extra_state),
             "warnings": list(self.warnings),
             "records": [r.to_dict() for r in self.records.values()],
+            **({"ranks": [dict(r) for r in self.ranks]} if self.ranks else {}),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
 import logging
 import os
@@ -18,6 +19,7 @@ from weightsurgery._grouping import group_keys
 from weightsurgery._warn import warn_user
 from weightsurgery._memory import overlap_notes
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
+from weightsurgery.distributed import ShardSession, agree_on_plan, apply_sharded, phase, session_for
 from weightsurgery.errors import CoverageError, StrictTransferError
 from weightsurgery.extra_state import check_strict_extra_state, extra_state_plan, unused_extra_state
 from weightsurgery.match.plan import Action, Plan
@@ -168,13 +170,15 @@ def transfer(
         raise ValueError(f"min_coverage={min_coverage} must lie between 0 and 1")
     from weightsurgery.init import InitRules
 
-    rules = InitRules.from_user(init)  # a bad spec fails before any download
-    checkpoint = resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet)
+    session = session_for(dst)  # a model with DTensor parameters: every rank runs each step, or all stop
+    with phase(session, "resolve"):
+        rules = InitRules.from_user(init)  # a bad spec fails before any download
+        checkpoint = resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet)
     with contextlib.ExitStack() as cleanup:
         if checkpoint is not src:  # close what we opened; a caller's Checkpoint stays theirs
             cleanup.callback(checkpoint.close)
         return _run(checkpoint, dst, target_kwargs, rules, seed, plan_options, plan=plan, dry_run=dry_run,
-                    strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress)
+                    strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress, session=session)
 
 
 def _plan_options(options: PlanOptions | None, matching: Mapping[str, Any]) -> PlanOptions:
@@ -199,7 +203,31 @@ def _run(
     checkpoint: Checkpoint, dst: Any, target_kwargs: Mapping[str, Any] | None, rules: Any, seed: int | None,
     options: PlanOptions, *, plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool,
     freeze: bool, min_coverage: float | None, progress: Callable[[int, int], None] | None,
+    session: ShardSession | None = None,
 ) -> Report:
+    with phase(session, "plan") as step:
+        module, replay, target, the_plan, notes = _plan(checkpoint, dst, target_kwargs, rules, options, plan=plan,
+                                                        dry_run=dry_run, strict=strict, min_coverage=min_coverage)
+        if session is not None:
+            agree_on_plan(step, the_plan, target)
+
+    result = ApplyResult()
+    if not dry_run:
+        apply = apply_plan if session is None else functools.partial(apply_sharded, session=session)
+        result = apply(the_plan, checkpoint, module, target, init_rules=rules, seed=seed, freeze=freeze,
+                       progress=progress, constructor=replay.values if replay is not None else None)
+    ranks = [s.to_dict() for s in session.gather_stats()] if session is not None else []
+    report = _report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes, model=module,
+                     ranks=ranks)
+    logger.info("weightsurgery: %s", report.summary())
+    return report
+
+
+def _plan(
+    checkpoint: Checkpoint, dst: Any, target_kwargs: Mapping[str, Any] | None, rules: Any, options: PlanOptions, *,
+    plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool, min_coverage: float | None,
+) -> tuple[nn.Module, Any, TargetSpec, Plan, list[str]]:
+    """Build the target, make (or load) the plan and run the checks that need no tensor data."""
     module, replay = _build(dst, target_kwargs)
     target = TargetSpec.from_module(module)
 
@@ -222,14 +250,7 @@ def _run(
     if strict:
         _check_strict(the_plan, init_keys)
         check_strict_extra_state(the_plan, target, checkpoint.metadata.get("extra_state", {}))
-
-    result = ApplyResult()
-    if not dry_run:
-        result = apply_plan(the_plan, checkpoint, module, target, init_rules=rules, seed=seed, freeze=freeze,
-                            progress=progress, constructor=replay.values if replay is not None else None)
-    report = _report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes, model=module)
-    logger.info("weightsurgery: %s", report.summary())
-    return report
+    return module, replay, target, the_plan, notes
 
 
 def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, Any]:
@@ -324,7 +345,7 @@ def _check_strict(plan: Plan, init_keys: list[str]) -> None:
 
 def _report(
     plan: Plan, checkpoint: Checkpoint, target: TargetSpec, rules: Any, result: ApplyResult, *,
-    applied: bool, warnings: list[str], model: nn.Module,
+    applied: bool, warnings: list[str], model: nn.Module, ranks: list[dict[str, Any]] | None = None,
 ) -> Report:
     records: dict[str, KeyRecord] = {}
     status = {Action.LOAD: "loaded", Action.ADAPT: "adapted", Action.INIT: "initialized", Action.TIED: "tied"}
@@ -361,7 +382,7 @@ def _report(
     extra = extra_state_plan(plan, target, source_extra)
     return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
                   frozen=result.frozen, warnings=warnings, model=model, extra_state=extra,
-                  unused_extra_state=unused_extra_state(extra, source_extra))
+                  unused_extra_state=unused_extra_state(extra, source_extra), ranks=ranks or ())
 
 
 def _loaded_numel(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int:

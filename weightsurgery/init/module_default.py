@@ -102,9 +102,13 @@ def _replica(module: nn.Module, *, depth: int) -> nn.Module | None:
     """A shallow copy of ``module`` with blank CPU tensors and replicas of its children ``depth`` levels down."""
     try:
         replica = copy.copy(module)
-    except Exception as exc:  # a module whose __reduce__ refuses a shallow copy
-        logger.debug("cannot copy %s to reset it: %r", type(module).__name__, exc)
-        return None
+    except Exception as exc:  # a __new__ that runs __init__ (FSDP2's FSDP<Module>), or a __reduce__ that refuses
+        try:
+            replica = object.__new__(type(module))
+            vars(replica).update(vars(module))
+        except Exception:
+            logger.debug("cannot copy %s to reset it: %r", type(module).__name__, exc)
+            return None
     children: dict[str, nn.Module | None] = {}
     if depth > 0:
         for name, child in module._modules.items():

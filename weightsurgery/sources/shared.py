@@ -44,6 +44,9 @@ def tensor_identity(t: torch.Tensor) -> Hashable:
         >>> tensor_identity(w) == tensor_identity(w[:]), tensor_identity(w) == tensor_identity(w[1:])
         (True, False)
     """
+    local = getattr(t, "_local_tensor", None)
+    if local is not None and type(t).__name__ == "DTensor":  # its data_ptr() is 0: its shard tells it apart
+        return ("dtensor", tensor_identity(local), tuple(t.shape), str(t.placements))
     key = _view_key(t)
     if key is not None:
         return key

@@ -1,0 +1,164 @@
+"""One rank of the sharded-transfer tests: ``torchrun --standalone --nproc-per-node N sharded_worker.py CONFIG``.
+
+CONFIG (JSON) names the source files, the single-process reference of each case
+(``refs``) and the cases to run. For each case the rank builds and shards a model
+with torch's own APIs, calls ``transfer`` exactly as on one process, and checks
+its result against torch's own oracle: ``distribute_tensor(reference, mesh,
+placements).to_local()`` is what its local shard must hold, bit for bit, and
+``full_tensor()`` what the whole model must hold. It writes what it found to
+``<out>/<case>.rank<r>.json``; the test reads and asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sharded_models import Classifier, TinyLM  # noqa: E402
+
+from weightsurgery import transfer  # noqa: E402
+
+LM_INIT = {"adapter.*": "normal(std=0.02)"}
+
+
+def tp_plan(layers: int = 2) -> dict[str, object]:
+    plan: dict[str, object] = {}
+    for i in range(layers):
+        for name in ("q", "k", "v", "up"):
+            plan[f"blocks.{i}.{name}"] = ColwiseParallel()  # weight and bias Shard(0)
+        for name in ("o", "down"):
+            plan[f"blocks.{i}.{name}"] = RowwiseParallel()  # weight Shard(1), bias Replicate
+    return plan
+
+
+def fsdp(model: nn.Module, mesh: object) -> nn.Module:
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
+    """The sharded target of ``case`` and the transfer's keyword arguments."""
+    mesh = init_device_mesh("cpu", (world,))
+    meta = torch.device("meta")
+    if case in ("fsdp_meta", "pickle", "missing", "corrupt", "raises"):
+        with meta:
+            return fsdp(TinyLM(extra=True), mesh), {"init": LM_INIT, "seed": 0}
+    if case == "fsdp_real":
+        torch.manual_seed(1)  # the same constructor values on every rank, and in the reference
+        return fsdp(TinyLM(extra=True), mesh), {"init": LM_INIT, "seed": 0}
+    if case == "fused":
+        with meta:
+            return fsdp(TinyLM(fused=True, tied=False), mesh), {}
+    if case == "head":
+        with meta:
+            model = Classifier(5)
+        fully_shard(model.fc, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model, {"classes": [7, 2, 9, 0], "seed": 0}
+    if case == "tp":
+        with meta:
+            model = TinyLM(tied=False)
+        parallelize_module(model, mesh, tp_plan())
+        model.norm.weight = nn.Parameter(distribute_tensor(model.norm.weight, mesh, [Replicate()]))
+        return model, {}
+    if case == "mesh2d":
+        mesh2 = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))
+        with meta:
+            model = TinyLM(tied=False)
+        parallelize_module(model, mesh2["tp"], tp_plan())
+        return fsdp(model, mesh2["dp"]), {}
+    raise ValueError(case)
+
+
+def source_for(case: str, config: dict[str, str], rank: int, world: int) -> str:
+    if case == "pickle":
+        return config["pickle"]
+    if case == "head":
+        return config["classifier"]
+    if case == "missing" and rank == 1:
+        return config["missing"]
+    if case == "corrupt" and rank == world - 1:
+        return config["corrupt"]
+    return config["index"]
+
+
+def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object]:
+    model, kwargs = build(case, world)
+    before = {k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
+    if case == "raises":
+        def progress(done: int, total: int) -> None:
+            if rank == world - 1 and done == 3:
+                raise ValueError("progress callback failed on the last rank")
+        kwargs["progress"] = progress
+    out: dict[str, object] = {"case": case, "rank": rank, "world": world}
+    try:
+        report = transfer(source_for(case, config, rank, world), model, **kwargs)
+    except Exception as exc:
+        out["error"] = {"type": type(exc).__name__, "message": str(exc),
+                        "phase": getattr(exc, "phase", None), "failures": getattr(exc, "failures", None)}
+        out["untouched"] = all(p.to_local().is_meta for p in model.parameters() if isinstance(p, DTensor))
+        return out
+    after = {k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
+    out["placements_kept"] = before == after
+    out["placements"] = after
+    out["report"] = report.to_dict()
+    out["report_json"] = report.to_json(indent=None)
+    reference = torch.load(config["refs"][case], weights_only=True)
+    state = model.state_dict()
+    local_wrong, full_wrong, on_meta = [], [], []
+    local_bytes = 0
+    for key, value in state.items():
+        want = reference[key]
+        if isinstance(value, DTensor):
+            expected = distribute_tensor(want, value.device_mesh, value.placements).to_local()
+            local = value.to_local()
+            local_bytes += local.numel() * local.element_size()
+            if local.is_meta or not torch.equal(local, expected):
+                local_wrong.append(key)
+            full = value.full_tensor()
+        else:
+            full = value
+        if full.is_meta:
+            on_meta.append(key)
+        elif not torch.equal(full, want):
+            full_wrong.append(key)
+    out.update(local_wrong=local_wrong, full_wrong=full_wrong, on_meta=on_meta, local_bytes=local_bytes,
+               tied=getattr(model, "head", None) is not None and model.head.weight is model.embed.weight)
+    return out
+
+
+def main() -> None:
+    config = json.loads(Path(sys.argv[1]).read_text())
+    dist.init_process_group("gloo", timeout=timedelta(seconds=config.get("timeout", 30)))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out_dir = Path(config["out"])
+    for case in config["cases"]:
+        if case == "mesh2d" and world % 2:
+            continue
+        try:
+            result = run_case(case, config, rank, world)
+        except Exception:  # the test reports it
+            result = {"case": case, "rank": rank, "crash": traceback.format_exc()}
+        (out_dir / f"{case}.rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

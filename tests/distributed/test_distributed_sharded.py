@@ -1,0 +1,177 @@
+"""Transfers into FSDP2 / DTensor models on real gloo ranks (torchrun on 127.0.0.1, 2 and 4 ranks).
+
+One ``torchrun --standalone`` launch per world size runs every case (each launch
+costs seconds of interpreter start-up); the workers (``sharded_worker.py``)
+write what they found, and the tests here assert it. Each launch runs under a
+timeout, in its own session, so a hang fails the test and no process is left.
+
+The oracle is torch's own: a rank's local shard must equal
+``distribute_tensor(reference, mesh, placements).to_local()`` bit for bit, and
+``full_tensor()`` must equal the single-process transfer (``reference``) made
+here with the same call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sharded_models import Classifier, TinyLM, pretrained
+
+from weightsurgery import transfer
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+WORKER = HERE / "sharded_worker.py"
+LM_INIT = {"adapter.*": "normal(std=0.02)"}
+CASES = ["fsdp_meta", "fsdp_real", "pickle", "tp", "mesh2d", "fused", "head", "missing", "corrupt", "raises"]
+GOOD = ["fsdp_meta", "fsdp_real", "pickle", "tp", "mesh2d", "fused", "head"]
+LAUNCH_TIMEOUT = 300
+
+
+def _sources(tmp: Path) -> dict[str, str]:
+    lm = pretrained(TinyLM(tied=False))
+    keys = list(lm)
+    half = len(keys) // 2
+    shards = {"lm-00001-of-00002.safetensors": keys[:half], "lm-00002-of-00002.safetensors": keys[half:]}
+    for name, part in shards.items():
+        save_file({k: lm[k] for k in part}, tmp / name)
+    index = tmp / "lm.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {k: name for name, part in shards.items() for k in part}}))
+    torch.save(lm, tmp / "lm.pt")
+    save_file({k: v for k, v in lm.items() if k != "blocks.1.up.weight"}, tmp / "lm-missing.safetensors")
+    save_file(lm, tmp / "lm-whole.safetensors")
+    data = (tmp / "lm-whole.safetensors").read_bytes()
+    (tmp / "lm-corrupt.safetensors").write_bytes(data[: len(data) - 1000])  # a shard cut short
+    save_file(pretrained(Classifier(10), seed=3), tmp / "classifier.safetensors")
+    return {"index": str(index), "pickle": str(tmp / "lm.pt"), "missing": str(tmp / "lm-missing.safetensors"),
+            "corrupt": str(tmp / "lm-corrupt.safetensors"), "classifier": str(tmp / "classifier.safetensors")}
+
+
+def _references(src: dict[str, str], tmp: Path) -> dict[str, str]:
+    """The single-process transfer of each good case, with the same call the ranks make."""
+    def on_meta(factory):
+        with torch.device("meta"):
+            return factory()
+
+    made = {
+        "fsdp_meta": transfer(src["index"], on_meta(lambda: TinyLM(extra=True)), init=LM_INIT, seed=0),
+        "pickle": transfer(src["pickle"], on_meta(lambda: TinyLM(extra=True)), init=LM_INIT, seed=0),
+        "fused": transfer(src["index"], on_meta(lambda: TinyLM(fused=True, tied=False))),
+        "head": transfer(src["classifier"], on_meta(lambda: Classifier(5)), classes=[7, 2, 9, 0], seed=0),
+        "tp": transfer(src["index"], on_meta(lambda: TinyLM(tied=False))),
+    }
+    made["mesh2d"] = made["tp"]
+    torch.manual_seed(1)
+    made["fsdp_real"] = transfer(src["index"], TinyLM(extra=True), init=LM_INIT, seed=0)
+    refs = {}
+    for case, report in made.items():
+        refs[case] = str(tmp / f"ref-{case}.pt")
+        torch.save(report.model.state_dict(), refs[case])
+    return refs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, list[dict]]]:
+    """``{world: {case: [result of rank 0, rank 1, ...]}}`` from one launch per world size."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    src = _sources(tmp)
+    refs = _references(src, tmp)
+    out: dict[int, dict[str, list[dict]]] = {}
+    for world in (2, 4):
+        folder = tmp / f"world{world}"
+        folder.mkdir()
+        config = tmp / f"config{world}.json"
+        config.write_text(json.dumps({**src, "refs": refs, "cases": CASES, "out": str(folder), "timeout": 60}))
+        _launch(world, config)
+        out[world] = {
+            case: [json.loads((folder / f"{case}.rank{r}.json").read_text()) for r in range(world)]
+            for case in CASES if (folder / f"{case}.rank0.json").exists()
+        }
+    return out
+
+
+def _launch(world: int, config: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+           "--max-restarts=0", str(WORKER), str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"{world} ranks did not finish within {LAUNCH_TIMEOUT} s:\n{log.decode()[-4000:]}")
+    assert proc.returncode == 0, log.decode()[-6000:]
+    with pytest.raises(ProcessLookupError):  # every rank and the launcher are gone
+        os.killpg(proc.pid, 0)
+
+
+def _ranks(runs: dict, world: int, case: str) -> list[dict]:
+    results = runs[world][case]
+    crashed = [r["crash"] for r in results if "crash" in r]
+    assert not crashed, crashed[0]
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("case", GOOD)
+def test_local_shards_and_full_model_match(runs: dict, world: int, case: str) -> None:
+    if case == "mesh2d" and world == 2:
+        pytest.skip("a 2-D mesh needs 4 ranks")
+    results = _ranks(runs, world, case)
+    for r in results:
+        assert "error" not in r, r["error"]
+        assert r["placements_kept"], r["placements"]  # still DTensors, with the same placements
+        assert r["local_wrong"] == [], f"rank {r['rank']}: local shards differ from the checkpoint's slices"
+        assert r["full_wrong"] == [], f"rank {r['rank']}: full_tensor() differs from the single-process transfer"
+        assert r["on_meta"] == []
+    # every rank returns the same report, with every rank's figures
+    assert len({r["report_json"] for r in results}) == 1
+    ranks = results[0]["report"]["ranks"]
+    assert [s["rank"] for s in ranks] == list(range(world))
+
+
+def test_tp_and_2d_placements_are_what_torch_made(runs: dict) -> None:
+    tp = _ranks(runs, 2, "tp")[0]["placements"]
+    assert tp["blocks.0.o.weight"][1] == "(Shard(dim=1),)" and tp["blocks.0.q.weight"][1] == "(Shard(dim=0),)"
+    assert tp["norm.weight"][1] == "(Replicate(),)" and tp["norm.bias"][0] == "Parameter"
+    grid = _ranks(runs, 4, "mesh2d")[0]["placements"]
+    assert grid["blocks.0.o.weight"][1] == "(Shard(dim=0), Shard(dim=1))"
+    assert "_StridedShard" in grid["blocks.0.q.weight"][1]
+
+
+def test_tied_weights_stay_tied(runs: dict) -> None:
+    for world in (2, 4):
+        assert all(r["tied"] for r in _ranks(runs, world, "fsdp_meta"))
+
+
+def test_seeded_leftover_is_the_same_for_any_world_size(runs: dict) -> None:
+    # the full tensors equal the single-process transfer on 2 and on 4 ranks (test above), so they equal each other
+    for world in (2, 4):
+        report = _ranks(runs, world, "fsdp_meta")[0]["report"]
+        assert report["initialized"] == ["adapter.weight", "adapter.bias"]
+        assert {r["init_spec"] for r in report["records"] if r["target"].startswith("adapter.")} == {"normal(std=0.02)"}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_faults_end_every_rank_with_the_same_error(runs: dict, world: int) -> None:
+    expect = {"missing": ("plan", "blocks.1.up.weight"), "corrupt": ("resolve", "lm-corrupt.safetensors"),
+              "raises": ("stage", "progress callback failed on the last rank")}
+    for case, (phase, named) in expect.items():
+        results = _ranks(runs, world, case)
+        errors = [r.get("error") for r in results]
+        assert all(e is not None for e in errors), f"{case}: some rank did not fail: {errors}"
+        assert len({json.dumps(e, sort_keys=True) for e in errors}) == 1, f"{case}: the ranks raised different errors"
+        assert errors[0]["type"] == "ShardedTransferError" and errors[0]["phase"] == phase
+        assert named in errors[0]["message"]
+        assert all(r["untouched"] for r in results), f"{case}: a rank changed its model"

@@ -1,0 +1,232 @@
+"""Stage each rank's local shards: read what it holds, nothing more.
+
+Each plan entry is staged in one of three ways, decided from metadata alone so
+that every rank decides the same (the schedule is compared across ranks):
+
+``ranged``
+    every source key lies in a safetensors file: each rank reads the byte
+    ranges of its own source regions (:mod:`weightsurgery.distributed.regions`)
+    with the file reader's ranged reads, and counts them.
+``memory``
+    the source is already in this process (a state dict, a module): each rank
+    takes its region of it.
+``broadcast``
+    the source cannot be read by range (a torch pickle), or the adapter needs
+    the whole tensor (a position-embedding resample): rank 0 makes the full
+    tensor, one tensor at a time, and broadcasts it; each rank keeps its region
+    and drops the rest, so memory holds at most one full tensor beyond the shards.
+
+The staged value of a DTensor target is a DTensor with the target's mesh,
+placements, global shape and stride, built from the local tensor with
+``DTensor.from_local``: commit copies it into the existing shard, or puts it
+in place of a ``meta`` one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from weightsurgery.distributed.collectives import ShardSession
+from weightsurgery.distributed.placement import Region, full_region, local_region
+from weightsurgery.distributed.regions import Piece, assemble, source_regions
+from weightsurgery.match.plan import Action, PlanEntry
+from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
+
+__all__ = ["Stager", "is_dtensor", "wrap_local"]
+
+logger = logging.getLogger(__name__)
+
+IN_MEMORY = (SourceKind.STATE_DICT, SourceKind.MODULE)
+
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a DTensor (without importing DTensor where none can exist)."""
+    import sys
+
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(tensor, mod.DTensor)
+
+
+def local_device(dst: torch.Tensor) -> torch.device:
+    """Where ``dst``'s local shard lives (a ``meta`` shard: the mesh's device)."""
+    local = dst.to_local() if is_dtensor(dst) else dst
+    if not local.is_meta:
+        return local.device
+    if not is_dtensor(dst) or dst.device_mesh.device_type == "cpu":
+        return torch.device("cpu")
+    kind = dst.device_mesh.device_type
+    return torch.device(kind, getattr(torch, kind).current_device())
+
+
+def wrap_local(local: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``local`` as the value of ``dst``: a DTensor laid out like ``dst``, or ``local`` itself."""
+    local = local.to(device=local_device(dst), dtype=dst.dtype)
+    if not is_dtensor(dst):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, dst.device_mesh, dst.placements, run_check=False, shape=dst.shape,
+                              stride=dst.stride())
+
+
+class Stager:
+    """Reads and builds the local shards of one plan, on one rank.
+
+    Args:
+        session: the ranks' collectives.
+        checkpoint: the source.
+        current: target key -> the model's tensor (DTensor or plain).
+    """
+
+    def __init__(self, session: ShardSession, checkpoint: Checkpoint, current: Mapping[str, torch.Tensor]) -> None:
+        self.session = session
+        self.checkpoint = checkpoint
+        self.current = current
+        self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
+        self._headers: dict[int, Any] = {}
+        self._read_before: dict[int, int] = {}
+
+    # ------------------------------------------------------------ the schedule
+    def mode(self, entry: PlanEntry) -> str:
+        """``"ranged"``, ``"memory"`` or ``"broadcast"`` for ``entry`` (see the module docstring)."""
+        region = local_region(self.current[entry.target])
+        if source_regions(entry, region, self.shapes) is None:
+            return "memory" if self.checkpoint.origin.kind in IN_MEMORY else "broadcast"
+        if self.checkpoint.origin.kind in IN_MEMORY:
+            return "memory"
+        if all(self._locate(k) is not None for k in entry.source_keys):
+            return "ranged"
+        return "broadcast"
+
+    def _locate(self, key: str) -> tuple[Any, str] | None:
+        locate = getattr(self.checkpoint, "locate", None)
+        return locate(key) if callable(locate) else None
+
+    # ------------------------------------------------------------ staging
+    def stage_all(
+        self,
+        copies: Sequence[PlanEntry],
+        modes: Mapping[str, str],
+        fills: Mapping[str, torch.Tensor],
+        progress: Callable[[int, int], None] | None,
+        total: int,
+    ) -> tuple[dict[str, torch.Tensor], BaseException | None]:
+        """Stage every entry; never stops half-way through the collectives.
+
+        Returns:
+            The staged values, and the first error this rank met (``None`` if none).
+            After an error, this rank still takes part in every broadcast.
+        """
+        staged: dict[str, torch.Tensor] = {}
+        error: BaseException | None = None
+        for i, entry in enumerate(copies):
+            dst = self.current[entry.target]
+            region = local_region(dst)
+            fill = fills.get(entry.target)
+            try:
+                if modes[entry.target] == "broadcast":
+                    local = self._broadcast(entry, region, fill, dst, ok=error is None)
+                elif error is None:
+                    local = self._local(entry, region, fill, modes[entry.target])
+                else:
+                    local = None
+                if local is not None and error is None:
+                    staged[entry.target] = wrap_local(local, dst)
+                if progress is not None and error is None:
+                    progress(i + 1, total)
+            except BaseException as exc:  # held (an interrupt too): the other ranks still wait on our broadcasts
+                error = error or exc
+        self.session.stats.bytes_read += self.bytes_read()
+        return staged, error
+
+    def _local(self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, mode: str) -> torch.Tensor:
+        pieces = source_regions(entry, region, self.shapes)
+        if pieces is None:  # a whole-tensor adapter on a source in memory: every rank runs it
+            return region.take(self._whole(entry, fill))
+        read = [self._read(p, mode) for p in pieces]
+        return assemble(entry, region, pieces, read, _local_fill(fill, region))
+
+    def _read(self, piece: Piece, mode: str) -> torch.Tensor:
+        if mode == "memory":
+            return piece.region.take(self.checkpoint.load(piece.key))
+        header, stored = self._locate(piece.key)  # type: ignore[misc]
+        self._count(header)
+        meta = self.checkpoint.metas[piece.key]
+        out = torch.empty(piece.region.local_shape, dtype=meta.dtype)
+        flat = out.reshape(-1).view(torch.uint8)
+        pos = 0
+        for offset, nbytes in piece.region.runs(itemsize=meta.dtype.itemsize):
+            header.read_into(stored, flat[pos : pos + nbytes], offset)
+            pos += nbytes
+        return out
+
+    def _broadcast(
+        self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
+    ) -> torch.Tensor | None:
+        """Rank 0 makes the full tensor and sends it; each rank keeps its region."""
+        plain = entry.action is Action.LOAD
+        meta = self.checkpoint.metas[entry.source_keys[0]] if plain else None
+        shape = meta.shape if meta is not None else tuple(dst.shape)
+        dtype = meta.dtype if meta is not None else dst.dtype
+        full = None
+        if self.session.rank == 0 and ok:
+            try:
+                if plain:
+                    full = self.checkpoint.load(entry.source_keys[0])
+                else:
+                    full = self._whole(entry, fill).to(dtype)
+                if tuple(full.shape) != tuple(shape) or full.dtype != dtype:
+                    raise ValueError(f"{entry.target}: the source gave {tuple(full.shape)} {full.dtype}, "
+                                     f"its header says {tuple(shape)} {dtype}")
+            except Exception:
+                self.session.broadcast(None, shape, dtype)  # tell the others, then hold the error
+                raise
+        got = self.session.broadcast(full, shape, dtype)
+        if got is None:  # rank 0 failed: it reports why at the end of the step
+            return None
+        return got if region.is_full and got is not full else region.take(got)
+
+    def _whole(self, entry: PlanEntry, fill: torch.Tensor | None) -> torch.Tensor:
+        """The full target tensor of an adapted entry (every source read whole)."""
+        from weightsurgery.adapt import run_adapter
+
+        tensors = [self.checkpoint.load(k) for k in entry.source_keys]
+        if fill is not None and is_dtensor(fill):
+            fill = fill.full_tensor()
+        shape = tuple(self.current[entry.target].shape)
+        return run_adapter(entry.adapter or "", tensors, shape, entry.adapter_args, fill=fill, key=entry.target)
+
+    # ------------------------------------------------------------ counters
+    def _count(self, header: Any) -> None:
+        if id(header) not in self._headers:
+            self._headers[id(header)] = header
+            self._read_before[id(header)] = int(getattr(header, "bytes_read", 0))
+
+    def bytes_read(self) -> int:
+        """Tensor bytes read by range so far, from the file readers' own counters."""
+        return sum(int(getattr(h, "bytes_read", 0)) - self._read_before[i] for i, h in self._headers.items())
+
+
+def _local_fill(fill: torch.Tensor | None, region: Region) -> torch.Tensor | None:
+    """The rows of ``fill`` (a full tensor, or a DTensor laid out like the target) this rank holds."""
+    if fill is None:
+        return None
+    if is_dtensor(fill):
+        return fill.to_local()
+    return region.take(fill) if tuple(fill.shape) == region.shape else fill
+
+
+def local_init(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """A leftover's full init value as ``dst``'s staged value: its region, wrapped like ``dst``.
+
+    The full value is computed the same on every rank (seeded per key), so the
+    full tensor after sharding is the same for any world size.
+    """
+    region = local_region(dst) if is_dtensor(dst) else full_region(dst.shape)
+    if is_dtensor(value):
+        return value
+    return wrap_local(region.take(value), dst)
