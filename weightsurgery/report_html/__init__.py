@@ -125,7 +125,7 @@ def page_data(report: Report, *, target: str | None = None) -> dict[str, Any]:
         "origin": report.origin.to_dict(),
         "target": target or (f"{type(model).__module__}.{type(model).__qualname__}" if model is not None else "target"),
         "applied": report.applied,
-        "summary": report.summary(),
+        "summary": report.summary().removeprefix(report.origin.describe()).lstrip(": "),
         "coverage": {
             "params": [report.num_loaded_params, report.num_params],
             "tensors": [filled, len(canonical)],
