@@ -14,7 +14,8 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   ├── UnknownSourceError(LookupError)           a name no registry knows; lists the closest names
     │   ├── SourceSpecError(ValueError)               a source string that does not parse (hf-hub:, URL)
     │   ├── OfflineSourceError(ConnectionError)       offline, unreachable or stalled, and not cached
-    │   └── IntegrityError(ValueError)                a download whose hash does not match
+    │   ├── IntegrityError(ValueError)                a download whose hash does not match
+    │   └── UnsupportedTensorError(TypeError)         a source tensor with no dense values: sparse, meta, complex into real
     ├── PlanError(ValueError)                         a plan that does not fit the target
     │   ├── ShapeMismatchError                        on_mismatch="error" and shapes differ
     │   └── SharedMemoryConflictError                 two target tensors share memory but would get different values
@@ -71,6 +72,7 @@ __all__ = [
     "UnknownContainerError",
     "UnknownSourceError",
     "UnsafeCheckpointError",
+    "UnsupportedTensorError",
     "WeightSurgeryError",
 ]
 
@@ -172,6 +174,22 @@ class OfflineSourceError(SourceError, ConnectionError):
 
 class IntegrityError(SourceError, ValueError):
     """A downloaded file whose hash does not match the expected one."""
+
+
+class UnsupportedTensorError(SourceError, TypeError):
+    """A source tensor apply cannot write into a dense target tensor.
+
+    Sparse or another non-strided layout, ``meta`` (a shape with no data),
+    quantized, nested, or complex values for a real target. Raised while
+    staging, before anything is written.
+
+    Attributes:
+        key: the source key.
+    """
+
+    def __init__(self, message: str, *, source: object = None, key: str = "") -> None:
+        super().__init__(message, source=source)
+        self.key = key
 
 
 class PlanError(WeightSurgeryError, ValueError):

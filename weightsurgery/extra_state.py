@@ -111,7 +111,7 @@ def set_extra_states(module: nn.Module, staged: Mapping[str, Any]) -> None:
         except Exception as exc:
             raise ModuleProtocolError(
                 f"module {path or '<root>'!r} ({type(owner).__name__}) refused the source's extra state in "
-                f"set_extra_state ({type(exc).__name__}: {exc}); its tensors were already copied. Exclude its "
+                f"set_extra_state ({type(exc).__name__}: {exc}); nothing was changed. Exclude its "
                 "extra state by giving the source none for it, or fix set_extra_state",
                 module=path or "<root>",
             ) from exc
