@@ -21,7 +21,9 @@ Seeding: every tensor draws from its own generator, seeded from the base seed
 and its key (a module's own reset: from the base seed and the module's path;
 a constructor replay: from the base seed). A seeded result is therefore the
 same on every run, on every device, whatever the global RNG state and
-whichever other keys happened to load. Keeping draws nothing.
+whichever other keys happened to load. Keeping draws nothing. Every init
+runs on one thread, so the thread count does not change the bits either
+(:mod:`weightsurgery.init.threads`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from weightsurgery.errors import PlanError, TargetError
 from weightsurgery.init.module_default import module_default, work_dtype
 from weightsurgery.init.rules import InitRules
 from weightsurgery.init.seeding import base_seed, derive_seed, generator_for
+from weightsurgery.init.threads import single_threaded
 from weightsurgery.init.specs import Keep, Reset, TensorInit, TruncNormal, Zeros
 from weightsurgery.match.target import TargetSpec, TargetTensor
 
@@ -130,6 +133,20 @@ def compute_init(
         >>> torch.equal(res.tensors["1.weight"], model[1].weight)
         False
     """
+    with single_threaded():  # the same bits whatever the thread count (weightsurgery.init.threads)
+        return _compute(module, target, keys, rules, seed=seed, constructor=constructor, materialize=materialize)
+
+
+def _compute(
+    module: nn.Module,
+    target: TargetSpec,
+    keys: Iterable[str],
+    rules: InitRules,
+    *,
+    seed: int | None,
+    constructor: ConstructorValues | None,
+    materialize: Collection[str],
+) -> InitResult:
     wanted = _canonical_keys(target, keys)
     chosen = rules.check({k: target.tensors[k] for k in wanted})
     if seed is not None:

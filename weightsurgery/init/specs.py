@@ -30,6 +30,7 @@ import torch
 from torch.nn import init as nn_init
 
 from weightsurgery.errors import InitSpecError
+from weightsurgery.init.threads import orthogonal_
 
 __all__ = [
     "SPECS",
@@ -373,7 +374,11 @@ class KaimingNormal(TensorInit):
 
 @dataclass(frozen=True)
 class Orthogonal(TensorInit):
-    """A (semi-)orthogonal matrix (:func:`torch.nn.init.orthogonal_`); needs >= 2 dims."""
+    """A (semi-)orthogonal matrix (:func:`torch.nn.init.orthogonal_`); needs >= 2 dims.
+
+    Its QR runs in float64 on one thread, so a seed gives the same bits
+    whatever the thread count (:mod:`weightsurgery.init.threads`).
+    """
 
     name: ClassVar[str] = "orthogonal"
     needs_fan: ClassVar[bool] = True
@@ -384,7 +389,7 @@ class Orthogonal(TensorInit):
         _number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
-        nn_init.orthogonal_(tensor, self.gain, generator=generator)
+        orthogonal_(tensor, self.gain, generator=generator)
 
 
 @dataclass(frozen=True)
