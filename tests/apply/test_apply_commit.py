@@ -90,6 +90,19 @@ def test_a_meta_built_target_gets_its_own_parameter_objects_back() -> None:
     assert model[1].weight is model[0].weight and torch.equal(model[0].weight, torch.ones(3, 3))
 
 
+def test_a_frozen_inference_tensor_gets_its_flag_back() -> None:
+    model = net()
+    with torch.inference_mode():
+        model[0] = nn.Linear(3, 3)  # requires_grad=True can be set back on it only inside inference mode
+    before = snapshot(model)
+    with Steps().installed() as steps:
+        transfer(source(), net(), freeze=True)
+    with Steps(fail_at=len(steps.log) - 1, when="after").installed(), pytest.raises(InjectedFault):
+        transfer(source(), model, freeze=True)
+    assert_unchanged(before, model)
+    assert model[0].weight.requires_grad and model[0].weight.is_inference()
+
+
 def test_a_raising_set_extra_state_undoes_the_tensors_and_the_other_modules_extra_state() -> None:
     model = net(picky=True)
     before = snapshot(model)

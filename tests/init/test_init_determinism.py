@@ -109,6 +109,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_seeded_init_is_bit_identical_in_processes_with_other_omp_num_threads() -> None:
     seen = {}
     for n in ("1", "2"):

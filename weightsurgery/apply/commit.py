@@ -82,8 +82,8 @@ class Commit:
     def set_requires_grad(self, tensor: torch.Tensor, flag: bool) -> None:
         """Set ``tensor.requires_grad``."""
         old = tensor.requires_grad
-        self._undo.append(lambda: tensor.requires_grad_(old))
-        tensor.requires_grad_(flag)
+        self._undo.append(lambda: _requires_grad(tensor, old))
+        _requires_grad(tensor, flag)
 
     def set_extra_state(self, owner: nn.Module, path: str, value: Any, previous: PreviousExtraState) -> None:
         """Call ``owner.set_extra_state(value)``; ``previous`` restores what it had.
@@ -248,6 +248,12 @@ def _copy(dst: torch.Tensor, value: torch.Tensor) -> None:
     """``dst.copy_(value)`` without autograd, inside inference mode exactly when ``dst`` is an inference tensor."""
     with torch.inference_mode(dst.is_inference()), torch.no_grad():  # in this order: the first sets grad mode
         dst.copy_(value)
+
+
+def _requires_grad(tensor: torch.Tensor, flag: bool) -> None:
+    """``tensor.requires_grad_(flag)``; an inference tensor takes ``True`` only inside inference mode."""
+    with torch.inference_mode(tensor.is_inference()):
+        tensor.requires_grad_(flag)
 
 
 @contextlib.contextmanager
