@@ -13,8 +13,10 @@ in ``report.missing_keys``, as ``load_state_dict`` lists it; source extra state
 that no target module takes is listed in ``report.unexpected_keys``.
 
 The values are deep-copied before anything is set, and set after the tensors
-are committed; a ``set_extra_state`` that raises is reported as a
-:class:`~weightsurgery.errors.ModuleProtocolError` naming the module.
+are committed (:meth:`weightsurgery.apply.commit.Commit.set_extra_state`); a
+``set_extra_state`` that raises is reported as a
+:class:`~weightsurgery.errors.ModuleProtocolError` naming the module, and the
+whole commit is undone.
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
-
-from weightsurgery.errors import ModuleProtocolError, StrictTransferError
+from weightsurgery.errors import StrictTransferError
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.memory import EXTRA_STATE
@@ -34,7 +34,6 @@ from weightsurgery.sources.memory import EXTRA_STATE
 __all__ = [
     "check_strict_extra_state",
     "extra_state_plan",
-    "set_extra_states",
     "stage_extra_states",
     "unused_extra_state",
 ]
@@ -96,25 +95,6 @@ def stage_extra_states(chosen: Mapping[str, str | None], source_extra: Mapping[s
     """Private copies of the chosen values, target module path -> value (nothing is set yet)."""
     return {k.removesuffix(EXTRA_STATE).removesuffix("."): copy.deepcopy(source_extra[s]) for k, s in chosen.items()
             if s is not None}
-
-
-def set_extra_states(module: nn.Module, staged: Mapping[str, Any]) -> None:
-    """Call ``set_extra_state`` on each target module with its staged value.
-
-    Raises:
-        ModuleProtocolError: a module's ``set_extra_state`` raised; the message names the module.
-    """
-    for path, value in staged.items():
-        owner = module.get_submodule(path)
-        try:
-            owner.set_extra_state(value)
-        except Exception as exc:
-            raise ModuleProtocolError(
-                f"module {path or '<root>'!r} ({type(owner).__name__}) refused the source's extra state in "
-                f"set_extra_state ({type(exc).__name__}: {exc}); nothing was changed. Exclude its "
-                "extra state by giving the source none for it, or fix set_extra_state",
-                module=path or "<root>",
-            ) from exc
 
 
 def _source_module(module: str, key: str, source: str, target: TargetSpec) -> str | None:

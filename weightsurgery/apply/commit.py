@@ -108,6 +108,11 @@ class Commit:
         if previous is not None:
             self._undo.append(previous)
 
+    def call(self, action: Callable[[], None], *, undo: Callable[[], None]) -> None:
+        """Run ``action``; a rollback runs ``undo`` at this point."""
+        self._undo.append(undo)
+        action()
+
     def rollback(self) -> list[str]:
         """Undo every change, newest first (a Ctrl-C meanwhile waits until it is done).
 
@@ -156,6 +161,7 @@ def commit(
     extra: Mapping[str, Any] = {},  # noqa: B006 - read only
     previous_extra: Mapping[str, PreviousExtraState] = {},  # noqa: B006 - read only
     freeze: list[str] | None = None,
+    after_tensors: Callable[[], None] | None = None,
 ) -> tuple[str, ...]:
     """Write ``staged`` into ``module``, then its extra state, then freeze; all of it or nothing.
 
@@ -170,6 +176,8 @@ def commit(
         extra: module path -> the extra state to set.
         previous_extra: module path -> how to put its extra state back (:func:`previous_extra_states`).
         freeze: parameter keys to set ``requires_grad=False`` on.
+        after_tensors: called once the tensors are written, and again after a
+            rollback that undid them (FSDP2 re-reads its replaced parameters).
 
     Returns:
         The keys frozen.
@@ -181,6 +189,8 @@ def commit(
     tx = Commit()
     try:
         _write_tensors(tx, module, current, staged)
+        if after_tensors is not None:
+            tx.call(after_tensors, undo=after_tensors)
         for path in sorted(extra, key=lambda p: previous_extra.get(p) is None):  # those we cannot undo last
             tx.set_extra_state(module.get_submodule(path), path, extra[path], previous_extra.get(path))
         frozen: list[str] = []

@@ -6,8 +6,9 @@
    The ranks compare that schedule: they must issue the same broadcasts.
 2. **stage**: every rank builds its local shards, reading only its own byte
    ranges; the model is not touched.
-3. **commit**: each rank writes its shards through :func:`weightsurgery.apply._commit`,
-   the one place a staged tensor reaches the model: a real shard is filled
+3. **commit**: each rank writes its shards through :func:`weightsurgery.apply.commit.commit`,
+   whose :class:`~weightsurgery.apply.commit.Commit` is the one place a staged
+   tensor reaches the model, and which undoes every write if any step fails: a real shard is filled
    in place (``copy_`` of a DTensor into one laid out alike), a ``meta`` one is
    replaced by the staged DTensor, and FSDP2 is told (``reset_sharded_param``,
    as its own ``_apply`` does) so its padded shard buffers follow.
@@ -66,15 +67,17 @@ def apply_sharded(
 ) -> Any:
     """:func:`weightsurgery.apply.apply_plan` for a model with DTensor parameters; see the module docstring."""
     from weightsurgery import apply as single
-    from weightsurgery.extra_state import extra_state_plan, set_extra_states, stage_extra_states
+    from weightsurgery.apply.commit import commit, current_tensors, previous_extra_states
+    from weightsurgery.apply.stage import fill_keys as adapted_fill_keys
+    from weightsurgery.extra_state import extra_state_plan, stage_extra_states
     from weightsurgery.init import compute_init
 
     with session.phase("prepare") as step:
         single.validate_plan(plan, checkpoint, target)
         copies = [e for e in plan.entries.values() if e.action in (Action.LOAD, Action.ADAPT)]
         init_keys = [e.target for e in plan.entries.values() if e.action is Action.INIT]
-        current = single._current_tensors(module, target)
-        fill_keys = single._fill_keys(copies)
+        current = current_tensors(module, target)
+        fill_keys = adapted_fill_keys(copies)
         init = compute_init(module, target, [*fill_keys, *init_keys], init_rules, seed=seed,
                             constructor=constructor, materialize=fill_keys)
         stager = Stager(session, checkpoint, current)
@@ -101,11 +104,10 @@ def apply_sharded(
 
     with session.phase("commit"):
         on_meta = any(current[k].is_meta for k in staged)
-        single._commit(module, target, current, staged)
-        if on_meta:
-            _reset_fsdp(module)
-        set_extra_states(module, extra)
-        frozen: tuple[str, ...] = single._freeze(module, target, [e.target for e in copies]) if freeze else ()
+        frozen = commit(module, target, current, staged, extra=extra,
+                        previous_extra=previous_extra_states(module, list(extra)),
+                        freeze=[e.target for e in copies] if freeze else None,
+                        after_tensors=(lambda: _reset_fsdp(module)) if on_meta else None)
     leftover = set(init_keys)
     logger.debug("rank %d: staged %d shards, %d inits", session.rank, len(copies), len(init_keys))
     return single.ApplyResult(casts=casts, init_specs=dict(init.specs), init_rules=dict(init.rules), frozen=frozen,
