@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ if str(HERE) not in sys.path:  # in-process tests import the same factories the 
     sys.path.insert(0, str(HERE))
 
 from cli_models import TinyNet  # noqa: E402
+
+from weightsurgery.cli.main import main  # noqa: E402
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -37,6 +40,33 @@ def run_cli(tmp_path: Path) -> Runner:
             timeout=300,
             **kwargs,
         )
+
+    return run
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Callable[..., Result]:
+    """Run ``main(ARGS)`` in this process, in ``tmp_path``: the exit code and what it printed.
+
+    What ``run_cli`` checks in a fresh interpreter, without one's start-up cost; the
+    entry point itself keeps a few true subprocess tests (test_cli_main, test_cli_transfer).
+    """
+
+    def run(*args: str) -> Result:
+        monkeypatch.chdir(tmp_path)
+        for name in ("FORCE_COLOR", "NO_COLOR", "COLUMNS"):
+            monkeypatch.delenv(name, raising=False)
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
 
     return run
 

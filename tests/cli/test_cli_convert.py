@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 from weightsurgery.cli.main import main
 
 
-def test_convert_pickle_to_safetensors_dedupes_tied_tensors(run_cli, tmp_path: Path):
+def test_convert_pickle_to_safetensors_dedupes_tied_tensors(cli, tmp_path: Path):
     shared = torch.randn(4, 3)
     torch.save({"state_dict": {"embed.weight": shared, "head.weight": shared, "bias": torch.zeros(4)}, "epoch": 2},
                tmp_path / "in.ckpt")
-    result = run_cli("convert", "in.ckpt", "out.safetensors", "--json")
+    result = cli("convert", "in.ckpt", "out.safetensors", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["aliases"] == {"head.weight": "embed.weight"} and data["num_tensors"] == 2

@@ -22,9 +22,9 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def test_diff_json_across_formats(run_cli, pair):
+def test_diff_json_across_formats(cli, pair):
     a, b = pair
-    result = run_cli("diff", str(a), str(b), "--json")
+    result = cli("diff", str(a), str(b), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["identical"] is False

@@ -13,19 +13,19 @@ from weightsurgery.cli.main import main
 from weightsurgery.errors import WeightSurgeryError
 
 
-def test_missing_file(run_cli, tmp_path: Path):
-    result = run_cli("inspect", "missing.pth")
+def test_missing_file(cli, tmp_path: Path):
+    result = cli("inspect", "missing.pth")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: checkpoint missing.pth does not exist; check the path")
 
 
-def test_unsafe_pickle_is_refused_unless_opted_in(run_cli, tmp_path: Path):
+def test_unsafe_pickle_is_refused_unless_opted_in(cli, tmp_path: Path):
     from cli_models import Payload
 
     torch.save({"w": torch.ones(2), "extra": Payload()}, tmp_path / "unsafe.pth")
-    result = run_cli("inspect", "unsafe.pth")
+    result = cli("inspect", "unsafe.pth")
     assert result.returncode == 1
     assert result.stderr.startswith("error: unsafe.pth is a pickle that needs code to load "
                                     "(it needs cli_models.Payload)")

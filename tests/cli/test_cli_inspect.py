@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from weightsurgery.cli.main import main
 
 
-def test_inspect_json_describes_a_nested_checkpoint(run_cli, nested_ckpt: Path, source_model):
-    result = run_cli("inspect", str(nested_ckpt), "--json")
+def test_inspect_json_describes_a_nested_checkpoint(cli, nested_ckpt: Path, source_model):
+    result = cli("inspect", str(nested_ckpt), "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["source"]["kind"] == "torch-pickle"

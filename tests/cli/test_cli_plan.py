@@ -9,8 +9,8 @@ from weightsurgery.cli.main import main
 from weightsurgery.match.plan import Action, Plan
 
 
-def test_plan_json_and_saved_mapping(run_cli, tmp_path: Path, nested_ckpt: Path):
-    result = run_cli("plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "--json",
+def test_plan_json_and_saved_mapping(cli, tmp_path: Path, nested_ckpt: Path):
+    result = cli("plan", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "--json",
                      "--save-mapping", "mapping.json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

@@ -7,6 +7,7 @@ import resource
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -15,6 +16,7 @@ from weightsurgery.cli.main import main
 from weightsurgery.match.plan import Plan
 
 
+@pytest.mark.slow  # a real subprocess through the entry point
 def test_transfer_writes_the_full_target_state_and_the_report(run_cli, tmp_path: Path, nested_ckpt: Path, source_model):
     result = run_cli(
         "transfer", str(nested_ckpt), "cli_models:tiny", "--num-classes", "3", "-o", "out.safetensors",
@@ -38,11 +40,11 @@ def test_transfer_writes_the_full_target_state_and_the_report(run_cli, tmp_path:
     assert "wrote out.safetensors" in result.stderr
 
 
-def test_existing_output_is_refused_before_any_work(run_cli, tmp_path: Path, nested_ckpt: Path):
+def test_existing_output_is_refused_before_any_work(cli, tmp_path: Path, nested_ckpt: Path):
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"old")
     # The target does not exist: the error names the output, so the output was checked first.
-    result = run_cli("transfer", str(nested_ckpt), "cli_models:no_such_factory", "-o", str(out))
+    result = cli("transfer", str(nested_ckpt), "cli_models:no_such_factory", "-o", str(out))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: output {out} already exists; pass --force to replace it"]
     assert out.read_bytes() == b"old"
@@ -92,6 +94,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.slow  # a real subprocess under a file-size limit
 def test_write_failing_part_way_keeps_the_old_output(run_cli, tmp_path: Path):
     from safetensors.torch import save_file
 

@@ -22,6 +22,7 @@ def load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_quickstart_transfers_the_body_and_initializes_the_new_head(tmp_path, capsys: pytest.CaptureFixture) -> None:
     results = load("quickstart").main(["--pretrain-epochs", "2", "--finetune-epochs", "2", "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
@@ -30,6 +31,7 @@ def test_quickstart_transfers_the_body_and_initializes_the_new_head(tmp_path, ca
     assert set(results) == {"transferred", "random init", "constant init"}
 
 
+@pytest.mark.slow
 def test_efficientnet_example_loads_real_weights_and_recognizes_the_photos(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     figure, page = tmp_path / "curves.png", tmp_path / "report.html"
@@ -48,6 +50,7 @@ def test_efficientnet_example_loads_real_weights_and_recognizes_the_photos(
     assert "classifier.weight" in page.read_text() and "report page:" in out
 
 
+@pytest.mark.slow
 def test_the_report_screenshot_is_taken_of_a_real_transfer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if shutil.which("chromium") is None:
         if os.environ.get("CI"):
