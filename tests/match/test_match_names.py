@@ -56,6 +56,19 @@ def test_prefix_added_to_source_keys() -> None:
     assert pairs(match_prefix(ctx_for(keys, wrapped))) == {f"backbone.{k}": k for k in keys}
 
 
+@pytest.mark.parametrize("heads", [1, 4, 6])  # up to 4 first components are screened by substring, more are not
+def test_prefix_added_finds_every_wrapped_key_whatever_the_source_heads(heads: int) -> None:
+    plain = nn.ModuleDict({f"part{i}": nn.Linear(2, 2) for i in range(heads)})
+    plain["root_scale"] = nn.Linear(2, 2, bias=False) if heads > 1 else nn.Identity()
+    wrapped = nn.ModuleDict({"model": nn.ModuleDict({"backbone": plain})})
+    keys = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
+    expected = {f"model.backbone.{k}": k for k in keys}
+    assert pairs(match_prefix(ctx_for(keys, wrapped))) == expected
+    # the target's own numbered or unrelated keys that merely contain a head's name stay out
+    mixed = nn.ModuleDict({"model": nn.ModuleDict({"backbone": plain}), "part0s": nn.Linear(2, 2)})
+    assert pairs(match_prefix(ctx_for(keys, mixed))) == expected
+
+
 def test_prefix_detected_per_subtree_not_only_when_every_key_has_it() -> None:
     # Only the stem was wrapped (e.g. a compiled submodule); the head keeps its name.
     keys = {"stem._orig_mod.weight": (3, 2), "stem._orig_mod.bias": (3,)}

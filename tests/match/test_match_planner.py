@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from weightsurgery.errors import PlanError, ShapeMismatchError
+from weightsurgery.match.base import StrategyResult
 from weightsurgery.match.plan import Action
 from weightsurgery.match.planner import PlanOptions, make_plan
 from weightsurgery.match.target import TargetSpec
@@ -193,12 +194,11 @@ def test_a_broken_builtin_strategy_raises_instead_of_degrading(monkeypatch: pyte
 def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    seen: dict[str, list[int]] = {}
-    for name, (module, attr) in {
-        "fused": ("weightsurgery.match.fused", "match_fused"),
-        "suffix": ("weightsurgery.match.suffix", "match_suffix"),
-        "structure": ("weightsurgery.match.structure", "match_structure"),
-    }.items():
+    import weightsurgery.match.numbering as numbering
+    import weightsurgery.match.planner as planner
+
+    seen: dict[str, list[int]] = {}  # strategy -> the open keys (targets + sources) it was given, per call
+    for name, (module, attr) in planner._OPTIONAL.items():  # wrappers, fused, recurrent, suffix, structure
         real = getattr(importlib.import_module(module), attr)
 
         def counting(ctx, real=real, name=name):  # type: ignore[no-untyped-def]
@@ -207,7 +207,9 @@ def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatc
 
         monkeypatch.setattr(importlib.import_module(module), attr, counting)
 
-    import weightsurgery.match.planner as planner
+    def custom(ctx):  # type: ignore[no-untyped-def]
+        seen.setdefault("custom", []).append(len(ctx.open_targets) + len(ctx.open_sources))
+        return StrategyResult()
 
     real_veto = planner.veto_unrelated
 
@@ -216,19 +218,37 @@ def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatc
         return real_veto(*args, **kwargs)
 
     monkeypatch.setattr(planner, "veto_unrelated", counting_veto)
+    built: list[int] = []  # the numbering check's index of both sides, built when a claim needs it
+    real_numbering = numbering._Numbering
 
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
-    plan = make_plan(metas(model, "module."), TargetSpec.from_module(model))
-    # exact + prefix explained everything: no later strategy ran, and a plan that fills every key needs no
-    # relatedness check
+    class CountingNumbering(real_numbering):  # type: ignore[misc,valid-type]
+        def __init__(self, ctx):  # type: ignore[no-untyped-def]
+            built.append(len(ctx.target.tensors))
+            super().__init__(ctx)
+
+    monkeypatch.setattr(numbering, "_Numbering", CountingNumbering)
+    options = PlanOptions(extra_strategies=[custom])
+
+    model = nn.ModuleDict({"encoder": nn.Linear(2, 3), "act": nn.ReLU(), "head": nn.Linear(3, 4)})
+    for prefix in ("", "module."):  # exact explains every key, then prefix does
+        plan = make_plan(metas(model, prefix), TargetSpec.from_module(model), options)
+        assert len(plan.mapping) == 4 and plan.unused == ()
+    # no later strategy ran, not even a custom one; a plan that fills every key needs no relatedness
+    # check, and no tensor sits on a numbered module, so the numbering check built no index
+    assert seen == {} and built == []
+
+    numbered = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
+    plan = make_plan(metas(numbered, "module."), TargetSpec.from_module(numbered), options)
     assert len(plan.mapping) == 4 and seen == {}
+    assert built == [4]  # '0.weight' sits on a numbered module: the claims were checked, with one index
 
     grown = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4), nn.Linear(4, 5))
-    plan = make_plan(metas(model, "module."), TargetSpec.from_module(grown))
+    plan = make_plan(metas(numbered, "module."), TargetSpec.from_module(grown), options)
     assert len(plan.mapping) == 4
-    # the later strategies ran, once each, and saw only the new layer's two keys (no source is left)
+    # the later strategies ran, once each, and saw only the new layer's two keys (no source is left);
+    # suffix then closes them (their siblings loaded under a rename that the source lacks for them)
     related = seen.pop("related")
-    assert seen["fused"] == [2] and all(calls == [2] for calls in seen.values())
+    assert set(seen) == {"wrappers", "fused", "recurrent", "suffix"} and all(calls == [2] for calls in seen.values())
     assert related == [6]  # the plan has an open key, so relatedness is weighed, once
 
 

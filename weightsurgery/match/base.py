@@ -4,17 +4,25 @@ A strategy is a function ``(MatchContext) -> StrategyResult``. It looks only at
 metadata (keys, shapes, dtypes, owning module types) and claims the pairs it is
 sure of. It abstains, with a reason, where it sees several equally good
 candidates. Keys it does not claim pass on to the next strategy.
+
+A strategy that claims many plain copies at once (``exact`` and ``prefix``
+on a 200k-key checkpoint) returns them as :class:`Matches`: runs of target
+and source keys that share one strategy and one evidence string, with no
+:class:`Match` object per pair unless one is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import NamedTuple, overload
 
+from weightsurgery.match.plan import NO_ARGS
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
 
-__all__ = ["Abstain", "Match", "MatchContext", "Strategy", "StrategyResult"]
+__all__ = ["Abstain", "Match", "MatchContext", "MatchRun", "Matches", "Strategy", "StrategyResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +51,7 @@ class Match:
     evidence: str = ""
     sources: tuple[str, ...] = ()
     adapter: str | None = None
-    adapter_args: Mapping[str, object] = field(default_factory=dict)
+    adapter_args: Mapping[str, object] = NO_ARGS
     copy: bool = False
 
 
@@ -70,6 +78,93 @@ class Abstain:
     fallback: bool = False
 
 
+class MatchRun(NamedTuple):
+    """Plain copies of one strategy with one evidence string: ``targets[i]`` is filled from ``sources[i]``."""
+
+    targets: Sequence[str]
+    sources: Sequence[str]
+    strategy: str
+    evidence: str = ""
+
+
+class Matches(Sequence[Match]):
+    """A strategy's matches, kept compact: runs of plain copies and single :class:`Match` objects, in order.
+
+    It reads as a sequence of :class:`Match` (each one made when read); the
+    planner reads :attr:`parts` and decides a run's pairs without making them.
+
+    Example:
+        >>> found = Matches()
+        >>> found.add_run(["fc.weight", "fc.bias"], ["module.fc.weight", "module.fc.bias"], "prefix", "stripped")
+        >>> found.append(Match("head.weight", "classifier.weight", "prefix", "stripped; rivals"))
+        >>> len(found), found[1].source, [m.target for m in found]
+        (3, 'module.fc.bias', ['fc.weight', 'fc.bias', 'head.weight'])
+    """
+
+    __slots__ = ("_len", "_listed", "_parts")
+
+    def __init__(self) -> None:
+        self._parts: list[MatchRun | list[Match]] = []
+        self._len = 0
+        self._listed: list[Match] | None = None
+
+    @property
+    def parts(self) -> Sequence[MatchRun | list[Match]]:
+        """The runs and lists of single matches, in the order they were added."""
+        return self._parts
+
+    def add_run(self, targets: Sequence[str], sources: Sequence[str], strategy: str, evidence: str = "") -> None:
+        """Add the plain copies ``targets[i] <- sources[i]`` (two lists of one length)."""
+        if len(targets) != len(sources):
+            raise ValueError(f"a run needs as many targets as sources, got {len(targets)} and {len(sources)}")
+        if targets:
+            self._parts.append(MatchRun(targets, sources, strategy, evidence))
+            self._len += len(targets)
+            self._listed = None
+
+    def append(self, match: Match) -> None:
+        """Add one match."""
+        last = self._parts[-1] if self._parts else None
+        if isinstance(last, list):
+            last.append(match)
+        else:
+            self._parts.append([match])
+        self._len += 1
+        self._listed = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Match]:
+        for part in self._parts:
+            if isinstance(part, MatchRun):
+                targets, sources, strategy, evidence = part
+                yield from (Match(t, s, strategy, evidence) for t, s in zip(targets, sources))
+            else:
+                yield from part
+
+    @overload
+    def __getitem__(self, index: int) -> Match: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Match]: ...
+
+    def __getitem__(self, index: int | slice) -> Match | list[Match]:
+        if self._listed is None:
+            self._listed = list(self)
+        return self._listed[index]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Matches({list(self)!r})"
+
+
 @dataclass(frozen=True)
 class StrategyResult:
     matches: Sequence[Match] = ()
@@ -88,6 +183,8 @@ class MatchContext:
         source_metadata: the checkpoint's metadata (label names, classifier...).
         matched: target key -> source key of the pairs earlier strategies loaded
             (evidence of which containers correspond, for structural alignment).
+        open_target_set, open_source_set: the same open keys as sets, when the
+            planner keeps them (read them through :meth:`open_sets`; never change them).
     """
 
     source: Mapping[str, TensorMeta]
@@ -96,6 +193,14 @@ class MatchContext:
     open_sources: list[str]
     source_metadata: Mapping[str, object] = field(default_factory=dict)
     matched: Mapping[str, str] = field(default_factory=dict)
+    open_target_set: AbstractSet[str] | None = field(default=None, repr=False)
+    open_source_set: AbstractSet[str] | None = field(default=None, repr=False)
+
+    def open_sets(self) -> tuple[AbstractSet[str], AbstractSet[str]]:
+        """The open target and source keys as sets: the planner's own (no copy of 200k keys), else made here."""
+        targets = self.open_target_set if self.open_target_set is not None else set(self.open_targets)
+        sources = self.open_source_set if self.open_source_set is not None else set(self.open_sources)
+        return targets, sources
 
 
 Strategy = Callable[[MatchContext], StrategyResult]

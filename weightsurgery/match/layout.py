@@ -12,7 +12,9 @@ which (:func:`flatten_order`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import itertools
+import operator
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Literal
 
@@ -21,9 +23,64 @@ from torch import nn
 from weightsurgery.match.plan import Action, PlanEntry
 from weightsurgery.match.target import TargetSpec
 
-__all__ = ["MismatchPolicy", "flatten_order", "transposed_layout"]
+__all__ = ["MismatchPolicy", "check_layout", "flatten_order", "transposed_layout"]
 
 MismatchPolicy = Literal["init", "adapt", "error"]
+
+
+class _NoTensor:
+    shape = None  # a key the target lacks: never equal to a source shape
+
+
+_NO_TENSOR = _NoTensor()
+
+
+_SHAPE, _SOURCE_SHAPE = operator.attrgetter("shape"), operator.attrgetter("source_shape")
+
+
+def _reshaped(decided: Mapping[str, PlanEntry], target: TargetSpec) -> list[tuple[str, PlanEntry]]:
+    """The entries whose source shape is not the target's: one C-level pass, the only ones a layout can show in."""
+    shapes = map(_SHAPE, map(target.tensors.get, decided, itertools.repeat(_NO_TENSOR)))
+    differ = map(operator.ne, map(_SOURCE_SHAPE, decided.values()), shapes)
+    return list(itertools.compress(decided.items(), differ))
+
+
+def check_layout(
+    decided: Mapping[str, PlanEntry],
+    target: TargetSpec,
+    on_mismatch: MismatchPolicy,
+    source_shapes: Iterable[tuple[int, ...]] = (),
+    *,
+    reshaped: Iterable[str] | None = None,
+) -> dict[str, PlanEntry]:
+    """:func:`transposed_layout`, then :func:`flatten_order` on its outcome: the replacement entries of both.
+
+    Both read only the entries whose source shape is not the target's: those
+    among ``reshaped`` (the keys the caller knows may differ; the planner
+    does), else found in one pass over ``decided``. A plan of plain same-shape
+    copies costs a look at the target's 4-d kernels.
+    """
+    if reshaped is None:
+        reshaped_entries = _reshaped(decided, target)
+    else:
+        tensors = target.tensors
+        reshaped_entries = [
+            (k, e) for k in dict.fromkeys(reshaped)
+            if (e := decided.get(k)) is not None and k in tensors and e.source_shape != tensors[k].shape
+        ]
+    return _checked(decided, target, on_mismatch, source_shapes, reshaped_entries)
+
+
+def _checked(
+    decided: Mapping[str, PlanEntry],
+    target: TargetSpec,
+    on_mismatch: MismatchPolicy,
+    source_shapes: Iterable[tuple[int, ...]],
+    reshaped: list[tuple[str, PlanEntry]],
+) -> dict[str, PlanEntry]:
+    out = _transposed(decided, target, on_mismatch, reshaped)
+    out.update(_flatten({**decided, **out} if out else decided, target, source_shapes, reshaped))
+    return out
 
 
 def transposed_layout(
@@ -41,15 +98,32 @@ def transposed_layout(
     evidence is mixed, a square weight whose module name matches a transposed
     one is initialized, never guessed.
     """
-    linear = {
-        k: e for k, e in decided.items()
-        if e.source_shape is not None and e.action is not Action.ADAPT and target.tensors[k].name == "weight"
-        and len(target.tensors[k].shape) == 2 and issubclass(target.tensors[k].module_type, nn.Linear)
-    }
-    shape = {k: target.tensors[k].shape for k in linear}
-    transposed = [k for k, e in linear.items() if e.source_shape == shape[k][::-1] != shape[k]]
+    return _transposed(decided, target, on_mismatch, _reshaped(decided, target))
+
+
+def _transposed(
+    decided: Mapping[str, PlanEntry],
+    target: TargetSpec,
+    on_mismatch: MismatchPolicy,
+    reshaped: list[tuple[str, PlanEntry]],
+) -> dict[str, PlanEntry]:
+    tensors, adapted = target.tensors, Action.ADAPT
+
+    def linear_weight(k: str) -> bool:
+        t = tensors[k]
+        return t.name == "weight" and len(t.shape) == 2 and issubclass(t.module_type, nn.Linear)
+
+    transposed = [
+        k for k, e in reshaped
+        if (s := e.source_shape) is not None and len(s) == 2 and s[0] != s[1] and e.action is not adapted
+        and tensors[k].shape[::-1] == s and linear_weight(k)
+    ]
     if not transposed:
         return {}
+    linear = {
+        k: e for k, e in decided.items() if e.source_shape is not None and e.action is not adapted and linear_weight(k)
+    }
+    shape = {k: tensors[k].shape for k in linear}
     direct = [k for k, e in linear.items() if e.source_shape == shape[k] and shape[k][0] != shape[k][1]]
     names = {target.tensors[k].module.rsplit(".", 1)[-1] for k in transposed}
     square = [
@@ -76,7 +150,7 @@ def transposed_layout(
 
 
 def flatten_order(
-    decided: Mapping[str, PlanEntry], target: TargetSpec, source_shapes: Collection[tuple[int, ...]] = ()
+    decided: Mapping[str, PlanEntry], target: TargetSpec, source_shapes: Iterable[tuple[int, ...]] = ()
 ) -> dict[str, PlanEntry]:
     """Linear weights after a conv whose source stores feature maps spatially transposed: never copied plainly.
 
@@ -103,17 +177,28 @@ def flatten_order(
         >>> flatten_order(decided, spec)["2.weight"].action
         <Action.INIT: 'init'>
     """
-    swapped: list[str] = []
-    for k, e in decided.items():
-        t = target.tensors.get(k)
-        if t is None or e.source_shape is None or len(t.shape) != 4 or t.shape[2] == t.shape[3]:
-            continue
-        if tuple(e.source_shape) == (*t.shape[:2], t.shape[3], t.shape[2]):
-            swapped.append(k)
-    shapes = set(map(tuple, source_shapes))
-    for k, t in target.tensors.items():
-        if len(t.shape) == 4 and t.shape[2] != t.shape[3] and k not in swapped and tuple(t.shape) not in shapes:
-            if (*t.shape[:2], t.shape[3], t.shape[2]) in shapes:
+    return _flatten(decided, target, source_shapes, _reshaped(decided, target))
+
+
+def _flatten(
+    decided: Mapping[str, PlanEntry],
+    target: TargetSpec,
+    source_shapes: Iterable[tuple[int, ...]],
+    reshaped: list[tuple[str, PlanEntry]],
+) -> dict[str, PlanEntry]:
+    tensors = target.tensors
+    swapped = [  # only a 4-d source shape with unequal spatial sizes can be a swapped kernel
+        k for k, e in reshaped
+        if (s := e.source_shape) is not None and len(s) == 4 and s[2] != s[3] and (t := tensors.get(k)) is not None
+        and tuple(s) == (*t.shape[:2], t.shape[3], t.shape[2])
+    ]
+    four_d = itertools.compress(tensors, map((4).__eq__, map(len, map(_SHAPE, tensors.values()))))
+    kernels = [k for k in four_d if (t := tensors[k]).shape[2] != t.shape[3] and k not in swapped]
+    if kernels:  # the source's shapes are read only when some kernel could show a swap
+        shapes = set(map(tuple, source_shapes))
+        for k in kernels:
+            t = tensors[k]
+            if tuple(t.shape) not in shapes and (*t.shape[:2], t.shape[3], t.shape[2]) in shapes:
                 swapped.append(k)
     if not swapped:
         return {}

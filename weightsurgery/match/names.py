@@ -9,12 +9,14 @@ policy to it.
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from weightsurgery.errors import PlanError
-from weightsurgery.match.base import Abstain, Match, MatchContext, Strategy, StrategyResult
+from weightsurgery.match.base import Abstain, Match, MatchContext, Matches, Strategy, StrategyResult
 
 __all__ = [
     "RenameRule",
@@ -121,9 +123,12 @@ def rename_strategy(rules: Sequence[RenameRule]) -> Strategy:
 
 
 def match_exact(ctx: MatchContext) -> StrategyResult:
-    """Claim every open target key that the source holds under the same name."""
-    open_sources = set(ctx.open_sources)
-    return StrategyResult(matches=[Match(t, t, "exact") for t in ctx.open_targets if t in open_sources])
+    """Claim every open target key that the source holds under the same name (one run of plain copies)."""
+    _, open_sources = ctx.open_sets()
+    same = [t for t in ctx.open_targets if t in open_sources]
+    found = Matches()
+    found.add_run(same, same, "exact")
+    return StrategyResult(matches=found)
 
 
 def match_prefix(ctx: MatchContext) -> StrategyResult:
@@ -142,36 +147,61 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     ``decoder.`` explain the same keys equally well), that key abstains and the
     reason names both: no fixed list of wrapper names breaks the tie.
     """
-    open_targets = set(ctx.open_targets)
-    open_sources = set(ctx.open_sources)
-    order = itertools.count()
+    open_targets, open_sources = ctx.open_sets()
     found = _Candidates()
-    found.add("stripped", _collect(ctx.open_sources, open_targets, order, stripped=True))
-    found.add("added", _collect(ctx.open_targets, open_sources, order, stripped=False))
+    heads: set[str] = set()  # the open source keys' first components
+    found.add("stripped", _collect(ctx.open_sources, open_targets, range(len(ctx.open_sources)), True, heads))
+    targets, ranks = _holding(ctx.open_targets, heads, len(ctx.open_sources))
+    found.add("added", _collect(targets, open_sources, ranks, False))
     return found.assign(ctx)
 
 
 def _collect(
-    keys: Sequence[str], other: set[str], order: Iterator[int], *, stripped: bool
+    keys: Sequence[str], other: AbstractSet[str], ranks: Iterable[int], stripped: bool, heads: set[str] | None = None
 ) -> dict[str, _Group]:
-    """prefix -> the candidates ``key = prefix + rest`` with ``rest`` in ``other``, in key order."""
+    """prefix -> the candidates ``key = prefix + rest`` with ``rest`` in ``other``, in key order.
+
+    ``heads``, when given, receives each key's first component.
+    """
     found: dict[str, _Group] = {}
-    for key in keys:
+    for rank, key in zip(ranks, keys):
         start = 0
         dot = key.find(".")
-        while dot >= 0 and not key[start:dot].isdigit():
-            rest = key[dot + 1 :]
-            if rest in other:
-                prefix = key[: dot + 1]
-                group = found.get(prefix)
-                if group is None:
-                    group = found[prefix] = _Group()
-                group.ranks.append(next(order))
-                group.targets.append(rest if stripped else key)
-                group.sources.append(key if stripped else rest)
+        if heads is not None:
+            heads.add(key[:dot] if dot >= 0 else key)
+        while dot >= 0:
+            if key[start:dot].isdigit():
+                break
             start = dot + 1
+            if key[start:] in other:
+                group = found.get(key[:start])
+                if group is None:
+                    group = found[key[:start]] = _Group()
+                group.ranks.append(rank)
+                if stripped:
+                    group.targets.append(key[start:])
+                    group.sources.append(key)
+                else:
+                    group.targets.append(key)
+                    group.sources.append(key[start:])
             dot = key.find(".", start)
     return found
+
+
+def _holding(keys: Sequence[str], heads: AbstractSet[str], first: int) -> tuple[Sequence[str], Iterable[int]]:
+    """The keys that can end in a key whose first component is among ``heads``, and their ranks from ``first``.
+
+    ``key = prefix + rest`` with ``rest`` starting with head ``h`` needs ``.h.``
+    inside ``key`` or ``.h`` at its end: a substring test in C per head, which
+    spares the walk over every component of the keys that cannot match (a
+    ``module.``-prefixed checkpoint has one head). With many heads every key is kept.
+    """
+    if len(heads) > 4:
+        return keys, range(first, first + len(keys))
+    mask = list(map(str.endswith, keys, itertools.repeat(tuple(f".{h}" for h in heads))))
+    for h in heads:
+        mask = list(map(operator.or_, mask, map(str.__contains__, keys, itertools.repeat(f".{h}."))))
+    return list(itertools.compress(keys, mask)), list(itertools.compress(range(first, first + len(keys)), mask))
 
 
 class _Group:
@@ -209,9 +239,9 @@ class _Candidates:
         groups = self.groups
         if not groups:
             return StrategyResult()
-        tensors, source = ctx.target.tensors, ctx.source
-        fits = {
-            kp: sum(1 for t, s in zip(g.targets, g.sources) if tensors[t].shape == source[s].shape)
+        tensors, source, shape = ctx.target.tensors.__getitem__, ctx.source.__getitem__, operator.attrgetter("shape")
+        fits = {  # in C, not a Python step per key
+            kp: sum(map(operator.eq, map(shape, map(tensors, g.targets)), map(shape, map(source, g.sources))))
             for kp, g in groups.items()
         }
         rivals: dict[str, list[tuple[str, str]]] = {}  # target -> the (kind, prefix) of each candidate, if several
@@ -229,38 +259,76 @@ class _Candidates:
         taken_t: set[str] = set()
         taken_s: set[str] = set()
         blocked: dict[str, Abstain] = {}
-        matches: list[Match] = []
-        for _, same_score in itertools.groupby(sorted(groups, key=score, reverse=True), key=score):
-            kps = list(same_score)
+        matches = Matches()
+        tiers = [list(kps) for _, kps in itertools.groupby(sorted(groups, key=score, reverse=True), key=score)]
+        for n, kps in enumerate(tiers, 1):
             evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
-            per_t: dict[str, list[str]] = {}  # target -> sources competing for it in this tier
-            per_s: dict[str, list[str]] = {}  # source -> targets competing for it in this tier
-            kp_of: dict[tuple[str, str], tuple[str, str]] = {}
-            if len(kps) == 1:  # no key twice in one group: filtering as we go is filtering first
-                tier: Iterable[tuple[int, str, str]] = groups[kps[0]].triples()
+            if len(kps) == 1:  # no key twice in one group: its lists are the run, less what earlier tiers took
+                targets, sources = groups[kps[0]].targets, groups[kps[0]].sources
+                if taken_t or taken_s or blocked:
+                    free = [t not in taken_t and s not in taken_s and t not in blocked for t, s in zip(targets, sources)]
+                    targets, sources = list(itertools.compress(targets, free)), list(itertools.compress(sources, free))
+                by_kp = {kps[0]: (targets, sources)}
             else:
-                kp_of = {(t, s): kp for kp in kps for _, t, s in groups[kp].triples()}
-                members = sorted(c for kp in kps for c in groups[kp].triples())
-                tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
-                for _, tgt, src in tier:
-                    per_t.setdefault(tgt, []).append(src)
-                    per_s.setdefault(src, []).append(tgt)
-            for _, tgt, src in tier:
-                if tgt in taken_t or src in taken_s or tgt in blocked:
-                    continue
-                if per_t and (len(per_t[tgt]) > 1 or len(per_s[src]) > 1):
-                    blocked[tgt] = _tie(tgt, per_t, per_s)
-                    continue
-                kp = kp_of[(tgt, src)] if kp_of else kps[0]
-                why = evidence[kp]
-                if tgt in rivals:  # e.g. 'model.' and 'model_ema.' fit equally: say which was taken
-                    others = sorted({p for k, p in rivals[tgt] if p != kp[1] and fits[(k, p)] == fits[kp]})
-                    if others:
-                        why += f"; {', '.join(map(repr, others))} fit as well: pass key= to choose"
-                matches.append(Match(tgt, src, "prefix", why))
-                taken_t.add(tgt)
-                taken_s.add(src)
-        return StrategyResult(matches, [a for t, a in blocked.items() if t not in taken_t])
+                by_kp = self._tier(kps, taken_t, taken_s, blocked)
+            for kp, (targets, sources) in by_kp.items():
+                singles: list[Match] = []
+                if rivals:
+                    targets, sources, singles = _rivalled(kp, targets, sources, rivals, fits, evidence[kp])
+                matches.add_run(targets, sources, "prefix", evidence[kp])
+                for m in singles:
+                    matches.append(m)
+                if n < len(tiers):  # what this tier took, for the next one to skip
+                    taken_t.update(targets, (m.target for m in singles))
+                    taken_s.update(sources, (m.source for m in singles))
+        # a blocked key was never taken: a tier skips what earlier tiers took, and blocks a key in all its pairs
+        return StrategyResult(matches, list(blocked.values()))
+
+    def _tier(
+        self, kps: list[tuple[str, str]], taken_t: set[str], taken_s: set[str], blocked: dict[str, Abstain]
+    ) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+        """The pairs of prefixes of one score that stand, by prefix; a key two of them compete for is blocked."""
+        groups = self.groups
+        kp_of = {(t, s): kp for kp in kps for _, t, s in groups[kp].triples()}
+        members = sorted(c for kp in kps for c in groups[kp].triples())
+        tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
+        per_t: dict[str, list[str]] = {}  # target -> sources competing for it in this tier
+        per_s: dict[str, list[str]] = {}  # source -> targets competing for it in this tier
+        for _, tgt, src in tier:
+            per_t.setdefault(tgt, []).append(src)
+            per_s.setdefault(src, []).append(tgt)
+        out: dict[tuple[str, str], tuple[list[str], list[str]]] = {kp: ([], []) for kp in kps}
+        for _, tgt, src in tier:
+            if tgt in blocked:
+                continue
+            if len(per_t[tgt]) > 1 or len(per_s[src]) > 1:
+                blocked[tgt] = _tie(tgt, per_t, per_s)
+                continue
+            run_t, run_s = out[kp_of[(tgt, src)]]
+            run_t.append(tgt)
+            run_s.append(src)
+        return out
+
+
+def _rivalled(
+    kp: tuple[str, str],
+    targets: list[str],
+    sources: list[str],
+    rivals: Mapping[str, list[tuple[str, str]]],
+    fits: Mapping[tuple[str, str], int],
+    evidence: str,
+) -> tuple[list[str], list[str], list[Match]]:
+    """The run less the pairs whose target another prefix fits as well, and those pairs as matches that say so."""
+    run_t, run_s, singles = [], [], []
+    for tgt, src in zip(targets, sources):
+        others = sorted({p for k, p in rivals.get(tgt, ()) if p != kp[1] and fits[(k, p)] == fits[kp]})
+        if others:  # e.g. 'model.' and 'model_ema.' fit equally: say which was taken
+            why = f"{evidence}; {', '.join(map(repr, others))} fit as well: pass key= to choose"
+            singles.append(Match(tgt, src, "prefix", why))
+        else:
+            run_t.append(tgt)
+            run_s.append(src)
+    return run_t, run_s, singles
 
 
 def _tie(tgt: str, per_t: Mapping[str, list[str]], per_s: Mapping[str, list[str]]) -> Abstain:

@@ -28,16 +28,18 @@ Example:
     ...                    open_sources=list(metas), source_metadata={})
     >>> claims = StrategyResult([Match("1.bias", "1.bias", "exact")])  # a conv's bias into a BatchNorm's
     >>> kept = refuse_shifted_numbering(claims, ctx)
-    >>> kept.matches, kept.abstentions[0].reason[:60]
+    >>> list(kept.matches), kept.abstentions[0].reason[:60]
     ([], "exact match 1.bias refused: numbering of '<root>' differs fr")
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
+from weightsurgery.match.base import Abstain, Match, MatchContext, Matches, MatchRun, StrategyResult
 
 __all__ = ["NAME_STRATEGIES", "refuse_shifted_numbering"]
 
@@ -46,6 +48,8 @@ NAME_STRATEGIES = frozenset({"exact", "prefix", "wrappers", "suffix"})
 
 #: Leaves that one side may hold and the other not, with no change of layer kind.
 _OPTIONAL_LEAVES = frozenset({"num_batches_tracked"})
+
+_MODULE, _LAST = operator.attrgetter("module"), operator.itemgetter(2)
 
 Leaves = dict[str, int]  # leaf name -> rank
 
@@ -109,6 +113,10 @@ class _Numbering:
 def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: dict[str, object] | None = None) -> StrategyResult:
     """Drop the name matches that sit in a numbered container whose numbering the two sides do not share.
 
+    Only a claim whose target tensor sits directly on a numbered module
+    (``features.16.bias``) is checked; a target with no such module costs one
+    pass over its module paths, once per plan.
+
     Args:
         result: a name strategy's claims.
         ctx: the planner's context (both sides' full key sets are read).
@@ -121,22 +129,50 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
         those keys by structure.
     """
     cache = {} if cache is None else cache
-    kept: list[Match] = []
+    owners = cache.get("owners")
+    if owners is None:  # the target modules that are numbered children, which hold a tensor
+        modules = set(map(_MODULE, ctx.target.tensors.values()))  # in C, no Python step per key
+        last = map(_LAST, map(str.rpartition, modules, itertools.repeat(".")))
+        owners = cache["owners"] = set(itertools.compress(modules, map(str.isdigit, last)))
+    if not owners or not result.matches:
+        return result
+    tensors = ctx.target.tensors
+    kept = Matches()
     refused: list[Abstain] = []
-    for m in result.matches:
-        # only a claim that would load plainly needs the check: one of another shape goes to the
-        # planner's shape-mismatch policy, which reports it as such
-        plain = not m.sources and m.adapter is None and ctx.target.tensors[m.target].shape == ctx.source[m.source].shape
-        where = _containers(m.target, m.source) if plain else None
-        if where is not None:
-            numbering = cache.get("numbering")
-            if numbering is None:
-                numbering = cache["numbering"] = _Numbering(ctx)
-            why = numbering.contradiction(where[0], where[1])  # type: ignore[attr-defined]
-            if why is not None:
-                refused.append(Abstain(m.target, f"{m.strategy} match {m.source} refused: {why}", (m.source,), m.strategy))
-                continue
-        kept.append(m)
+    for part in result.matches.parts if isinstance(result.matches, Matches) else [result.matches]:
+        if isinstance(part, MatchRun):
+            suspects = [(t, s) for t, s in zip(part.targets, part.sources) if tensors[t].module in owners]
+            bad = {
+                t for t, s in suspects
+                if _refuse(Match(t, s, part.strategy, part.evidence), ctx, cache, refused)  # type: ignore[arg-type]
+            }
+            if bad:
+                kept_pairs = [(t, s) for t, s in zip(part.targets, part.sources) if t not in bad]
+                part = part._replace(targets=[t for t, _ in kept_pairs], sources=[s for _, s in kept_pairs])
+            kept.add_run(*part)
+            continue
+        for m in part:
+            if tensors[m.target].module not in owners or not _refuse(m, ctx, cache, refused):  # type: ignore[arg-type]
+                kept.append(m)
     if not refused:
         return result
     return StrategyResult(kept, [*result.abstentions, *refused])
+
+
+def _refuse(m: Match, ctx: MatchContext, cache: dict[str, object], refused: list[Abstain]) -> bool:
+    """Whether ``m`` sits in a container pair whose numbering differs; if so its abstention goes to ``refused``."""
+    # only a claim that would load plainly needs the check: one of another shape goes to the
+    # planner's shape-mismatch policy, which reports it as such
+    if m.sources or m.adapter is not None or ctx.target.tensors[m.target].shape != ctx.source[m.source].shape:
+        return False
+    where = _containers(m.target, m.source)
+    if where is None:
+        return False
+    numbering = cache.get("numbering")
+    if numbering is None:
+        numbering = cache["numbering"] = _Numbering(ctx)
+    why = numbering.contradiction(where[0], where[1])  # type: ignore[attr-defined]
+    if why is None:
+        return False
+    refused.append(Abstain(m.target, f"{m.strategy} match {m.source} refused: {why}", (m.source,), m.strategy))
+    return True

@@ -191,6 +191,8 @@ def check_key_forms(options: PlanOptions, source: Iterable[str], target: Iterabl
     Raises:
         PlanError: naming the entries and the parameter meant.
     """
+    if not options.rename and not options.key_map:
+        return  # nothing to check: no set of either side's keys
     source_keys, target_keys = set(source), set(target)
     suspects = [(p, r) for p, r in options.rename if p in target_keys and r in source_keys]
     reversed_rules = [rule for rule in suspects if rule not in _live_rules(options.rename, source_keys, target_keys)]

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import itertools
 import logging
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from weightsurgery.errors import PlanError, ShapeMismatchError
-from weightsurgery.match.base import Match, MatchContext, Strategy
-from weightsurgery.match.layout import MismatchPolicy, flatten_order, transposed_layout
+from weightsurgery.match.base import Match, MatchContext, Matches, MatchRun, Strategy, StrategyResult
+from weightsurgery.match.decide import Decider
+from weightsurgery.match.layout import MismatchPolicy, check_layout
 from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
 from weightsurgery.match.options import PlanOptions, check_key_forms
 from weightsurgery.match.numbering import NAME_STRATEGIES, refuse_shifted_numbering
@@ -41,6 +44,10 @@ from weightsurgery.sources.shared import unused_sources
 __all__ = ["STRATEGIES", "MismatchPolicy", "PlanOptions", "make_plan", "plan_unused"]
 
 logger = logging.getLogger(__name__)
+
+_SHAPE, _ACTION = operator.attrgetter("shape"), operator.attrgetter("action")
+_SOURCE, _SOURCES = operator.attrgetter("source"), operator.attrgetter("sources")
+_READS = frozenset({Action.LOAD, Action.ADAPT})  # the actions that read a source tensor
 
 
 #: Built-in strategies by name, in the order they run. Optional ones are imported lazily.
@@ -141,84 +148,48 @@ def make_plan(
         open_sources=list(source),
         source_metadata=metadata,
     )
-    decided: dict[str, PlanEntry] = {}
-    reasons: dict[str, str] = {}
-    deferred: dict[str, PlanEntry] = {}  # name matches whose shapes differ, kept only if nothing better comes
-    mismatches: list[PlanEntry] = []
-    decide = _Decider(source, target, options, metadata)
+    claims = _Claims(source, target, options, Decider(source, target, options, metadata))
     excluded = _excluded(target, options.exclude)
     for key, pattern in excluded.items():
-        decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
-    decided.update(decide.ruled(t for t in ctx.open_targets if t not in decided))
-    if decided:
-        ctx.open_targets = [t for t in ctx.open_targets if t not in decided]
-
-    # One set of each side's open keys for the whole run, updated as matches land:
-    # each key costs O(1) per strategy that still sees it, never a scan of all keys.
-    open_t, open_s = set(ctx.open_targets), set(ctx.open_sources)
+        claims.decided[key] = PlanEntry(key, Action.INIT, evidence=f"excluded by rule {pattern!r}")
+    claims.decided.update(claims.decide.ruled(t for t in ctx.open_targets if t not in claims.decided))
+    if claims.decided:
+        ctx.open_targets = [t for t in ctx.open_targets if t not in claims.decided]
+        claims.open_t.difference_update(claims.decided)
+        claims.reshaped += claims.decided  # an adapter rule's source may have another shape
+    claims.filled = sum(1 for e in claims.decided.values() if e.action in _READS)
+    ctx.open_target_set, ctx.open_source_set = claims.open_t, claims.open_s  # kept in step with the lists
     numbering: dict[str, object] = {}  # both sides' numbered containers, indexed once when first needed
-    matched = {k: e.source for k, e in decided.items() if e.source and e.action in (Action.LOAD, Action.ADAPT)}
-    ctx.matched = matched  # what earlier strategies loaded: evidence of corresponding containers
     for name, strategy in _strategy_list(options):
-        if not open_t:
+        if not claims.open_t:
             break  # everything is explained: later strategies see nothing and cost nothing
+        ctx.matched = claims.matched()  # what earlier strategies loaded: evidence of corresponding containers
         result = strategy(ctx)
         if name in NAME_STRATEGIES:
             result = refuse_shifted_numbering(result, ctx, numbering)
         logger.debug("%s: %d matches, %d abstentions", name, len(result.matches), len(result.abstentions))
-        closed = len(open_t), len(open_s)
-        for m in result.matches:
-            if m.target not in open_t:
-                continue  # a strategy may not claim a decided key
-            if m.sources:
-                if any(s not in source for s in m.sources):
-                    continue  # ... or invent a source
-            elif m.source not in source:
-                continue
-            if m.adapter is None and m.source not in open_s and not m.copy:
-                continue
-            entry = decide(m)
-            if entry.action is Action.INIT and entry.source_shape is not None:
-                if options.on_mismatch == "error":
-                    mismatches.append(entry)
-                elif sorted(entry.source_shape) != sorted(target.tensors[m.target].shape):
-                    # a same-named tensor of another size pairs nothing: both stay open for later strategies
-                    # (an old layout reusing names for other layers), and the key falls back to this entry.
-                    # A permuted shape (GPT-2's transposed Conv1D) is the same tensor in another layout: decided.
-                    deferred.setdefault(m.target, entry)
-                    reasons.setdefault(m.target, entry.evidence)
-                    continue
-            decided[m.target] = entry
-            if entry.source and entry.action in (Action.LOAD, Action.ADAPT):
-                matched[m.target] = entry.source
-            open_t.discard(m.target)
-            if m.sources:
-                open_s.difference_update(m.sources)
-            else:
-                open_s.discard(m.source)
-        for a in result.abstentions:
-            if a.target in open_t and not (a.fallback and a.target in reasons):
-                reasons[a.target] = a.reason
-                if a.final:  # a veto: no later strategy may fill this key
-                    decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
-                    open_t.discard(a.target)
-        if (len(open_t), len(open_s)) != closed:
-            ctx.open_targets = [t for t in ctx.open_targets if t in open_t]
-            ctx.open_sources = [s for s in ctx.open_sources if s in open_s]
+        if claims.take(result):
+            open_t, open_s = claims.open_t, claims.open_s
+            ctx.open_targets = [t for t in ctx.open_targets if t in open_t] if open_t else []
+            ctx.open_sources = [s for s in ctx.open_sources if s in open_s] if open_s else []
 
-    named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided}
-    decided.update(transposed_layout(named, target, options.on_mismatch))
-    decided.update(flatten_order({**named, **decided}, target, {tuple(m.shape) for m in source.values()}))
-    filled = sum(1 for e in decided.values() if e.action is Action.LOAD or e.action is Action.ADAPT)
+    decided, deferred = claims.decided, claims.deferred
+    named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided} if deferred else decided
+    relaid = check_layout(named, target, options.on_mismatch, (m.shape for m in source.values()), reshaped=claims.reshaped)
+    filled = claims.filled + sum((e.action in _READS) - (k in decided and decided[k].action in _READS) for k, e in relaid.items())
+    decided.update(relaid)
+    every_source_read = claims.every_source_read and not claims.open_s and not relaid
     if filled + len(excluded) < len(target.tensors):  # a plan that fills every key is related by any measure
+        every_source_read = False
         named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided}
         decided.update(veto_unrelated(
             named, source, target, exclude=excluded, opted_in=options.strategies is not None,
             evidence={**named, **deferred},  # a name refused for its size contradicts, whoever filled the key later
         ))
-    if mismatches:
+    if claims.mismatches:
         from weightsurgery.report import IncorrectShape
 
+        mismatches = claims.mismatches
         raise ShapeMismatchError(
             "shapes differ for matched keys (on_mismatch='error'); pass on_mismatch='init' to initialize them "
             "or on_mismatch='adapt' to reshape where an adapter applies:\n  "
@@ -229,15 +200,146 @@ def make_plan(
             ],
         )
 
-    entries: dict[str, PlanEntry] = {}
-    for key in target.tensors:
-        entry = decided.get(key) or deferred.get(key)
-        entries[key] = entry if entry is not None else PlanEntry(
-            key, Action.INIT, evidence=reasons.get(key, "no candidate in the source")
-        )
+    if len(decided) < len(target.tensors):  # every decided key is a target key
+        reasons = claims.reasons
+        for key in [k for k in target.tensors if k not in decided]:
+            decided[key] = deferred.get(key) or PlanEntry(
+                key, Action.INIT, evidence=reasons.get(key, "no candidate in the source")
+            )
+    entries = dict(zip(target.tensors, map(decided.__getitem__, target.tensors)))
     for alias, canonical in target.aliases.items():
         entries[alias] = PlanEntry(alias, Action.TIED, alias_of=canonical, evidence=f"tied to {canonical}")
-    return Plan(entries, plan_unused(entries, source, metadata), source_name)
+    return Plan(entries, () if every_source_read else plan_unused(entries, source, metadata), source_name)
+
+
+class _Claims:
+    """The planner's state while strategies run: what is decided, deferred and still open on each side.
+
+    One set of each side's open keys for the whole run, updated as matches
+    land: a key costs O(1) per strategy that still sees it, never a scan of
+    all keys. A run of plain copies (:class:`~weightsurgery.match.base.MatchRun`)
+    is decided pair by pair without a :class:`Match` for each.
+    """
+
+    def __init__(self, source: Mapping[str, TensorMeta], target: TargetSpec, options: PlanOptions, decide: Decider):
+        self.source, self.target, self.options, self.decide = source, target, options, decide
+        self.open_t, self.open_s = set(target.tensors), set(source)
+        self.decided: dict[str, PlanEntry] = {}
+        self.reasons: dict[str, str] = {}
+        self.deferred: dict[str, PlanEntry] = {}  # name matches whose shapes differ, kept only if nothing better comes
+        self.mismatches: list[PlanEntry] = []
+        self._matched: dict[str, str] = {}  # target -> source of every loaded pair
+        self._runs: list[tuple[Sequence[str], Sequence[str]]] = []  # loaded runs not yet in _matched
+        self.filled = 0  # decided entries that read a source
+        self.reshaped: list[str] = []  # keys whose entry may have a source shape other than the target's
+        self.every_source_read = True  # False once a decided entry closes a source it does not read
+
+    def matched(self) -> dict[str, str]:
+        """Target -> source of every loaded pair (a run's pairs are added when a later strategy asks)."""
+        for targets, sources in self._runs:
+            self._matched.update(zip(targets, sources))
+        self._runs.clear()
+        return self._matched
+
+    def take(self, result: StrategyResult) -> bool:
+        """Decide ``result``'s matches and record its abstentions; whether any key closed."""
+        closed = len(self.open_t), len(self.open_s)
+        for part in result.matches.parts if isinstance(result.matches, Matches) else (result.matches,):
+            if not isinstance(part, MatchRun):
+                for m in part:
+                    self._one(m)
+            elif self.decide.plain:
+                self._run(*part)
+            else:  # adapter rules or classes= may turn any pair into an adapted entry
+                for t, s in zip(part.targets, part.sources):
+                    self._one(Match(t, s, part.strategy, part.evidence))
+        open_t, reasons = self.open_t, self.reasons
+        for a in result.abstentions:
+            if a.target in open_t and not (a.fallback and a.target in reasons):
+                reasons[a.target] = a.reason
+                if a.final:  # a veto: no later strategy may fill this key
+                    self.decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
+                    open_t.discard(a.target)
+        return (len(self.open_t), len(self.open_s)) != closed
+
+    def _run(self, targets: Sequence[str], sources: Sequence[str], strategy: str, evidence: str) -> None:
+        """Plain copies in bulk: same-shaped pairs of open keys load; any other pair takes the general path.
+
+        Each step is one C-level pass over the run (set and dict operations,
+        ``map``), not a Python step per pair.
+        """
+        open_t, open_s = self.open_t, self.open_s
+        if not self._all_open(targets, sources):
+            pairs = [(t, s) for t, s in zip(targets, sources) if t in open_t and s in open_s]
+            if len({t for t, _ in pairs}) < len(pairs) or len({s for _, s in pairs}) < len(pairs):
+                for t, s in pairs:  # a key twice in one run: the first claim wins, one pair at a time
+                    self._one(Match(t, s, strategy, evidence))
+                return
+            targets, sources = [t for t, _ in pairs], [s for _, s in pairs]
+            open_t.difference_update(targets)
+            open_s.difference_update(sources)
+        shapes = list(map(_SHAPE, map(self.source.__getitem__, sources)))
+        same = list(map(operator.eq, shapes, map(_SHAPE, map(self.target.tensors.__getitem__, targets))))
+        others = []
+        if not all(same):  # a pair of other shapes goes through the mismatch policy, one at a time
+            others = [Match(t, s, strategy, evidence) for t, s, ok in zip(targets, sources, same) if not ok]
+            open_t.update(m.target for m in others)
+            open_s.update(m.source for m in others)
+            targets, sources, shapes = (list(itertools.compress(c, same)) for c in (targets, sources, shapes))
+        self.decided.update(zip(targets, PlanEntry.loads(targets, sources, strategy, evidence, shapes)))
+        self._runs.append((targets, sources))
+        self.filled += len(targets)
+        for m in others:
+            self._one(m)
+
+    def _all_open(self, targets: Sequence[str], sources: Sequence[str]) -> bool:
+        """Close every key of the run if each is open and named once (the usual case); else change nothing."""
+        open_t, open_s = self.open_t, self.open_s
+        if not (open_t.issuperset(targets) and open_s.issuperset(sources)):
+            return False
+        n_t, n_s = len(open_t), len(open_s)
+        open_t.difference_update(targets)
+        open_s.difference_update(sources)
+        if n_t - len(open_t) == len(targets) and n_s - len(open_s) == len(sources):
+            return True
+        open_t.update(targets)  # a key named twice: put every key back, for the pair-by-pair path
+        open_s.update(sources)
+        return False
+
+    def _one(self, m: Match) -> None:
+        if m.target not in self.open_t:
+            return  # a strategy may not claim a decided key
+        if m.sources:
+            if any(s not in self.source for s in m.sources):
+                return  # ... or invent a source
+        elif m.source not in self.source:
+            return
+        if m.adapter is None and m.source not in self.open_s and not m.copy:
+            return
+        entry = self.decide(m)
+        if entry.source_shape is not None and entry.source_shape != self.target.tensors[m.target].shape:
+            self.reshaped.append(m.target)
+        if entry.action is Action.INIT and entry.source_shape is not None:
+            if self.options.on_mismatch == "error":
+                self.mismatches.append(entry)
+            elif sorted(entry.source_shape) != sorted(self.target.tensors[m.target].shape):
+                # a same-named tensor of another size pairs nothing: both stay open for later strategies
+                # (an old layout reusing names for other layers), and the key falls back to this entry.
+                # A permuted shape (GPT-2's transposed Conv1D) is the same tensor in another layout: decided.
+                self.deferred.setdefault(m.target, entry)
+                self.reasons.setdefault(m.target, entry.evidence)
+                return
+        self.decided[m.target] = entry
+        if entry.source and entry.action in _READS:
+            self._matched[m.target] = entry.source
+            self.filled += 1
+        else:
+            self.every_source_read = False
+        self.open_t.discard(m.target)
+        if m.sources:
+            self.open_s.difference_update(m.sources)
+        else:
+            self.open_s.discard(m.source)
 
 
 def plan_unused(
@@ -250,8 +352,14 @@ def plan_unused(
         source: every source key (a ``Checkpoint``'s keys).
         source_metadata: the checkpoint's metadata; its ``"tied"`` groups name shared tensors.
     """
-    read = (s for e in entries.values() if e.action in (Action.LOAD, Action.ADAPT) for s in e.source_keys)
-    return unused_sources(read, source, (source_metadata or {}).get("tied", ()))
+    values = entries.values()
+    reading = list(itertools.compress(values, map(_READS.__contains__, map(_ACTION, values))))
+    read = set(map(_SOURCE, reading))  # a multi-source entry's source is its first
+    read.update(s for e in filter(_SOURCES, reading) for s in e.sources)
+    groups = (source_metadata or {}).get("tied", ())
+    if not groups and isinstance(source, Mapping) and len(read) == len(source) and all(map(source.__contains__, read)):
+        return ()  # every source key is read
+    return unused_sources(read, source, groups)
 
 
 def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:
@@ -273,139 +381,3 @@ def _excluded(target: TargetSpec, patterns: Sequence[str]) -> dict[str, str]:
                 out[key] = p
                 break
     return out
-
-
-class _Decider:
-    """Turns a strategy's match into a plan entry, applying the shape-mismatch policy."""
-
-    def __init__(
-        self,
-        source: Mapping[str, TensorMeta],
-        target: TargetSpec,
-        options: PlanOptions,
-        metadata: Mapping[str, Any],
-    ) -> None:
-        self.source, self.target, self.options, self.metadata = source, target, options, metadata
-        self._adapt_ctx: Any = None
-        self._rules: list[Any] | None = None
-
-    def __call__(self, m: Match) -> PlanEntry:
-        tshape = self.target.tensors[m.target].shape
-        sshape = self.source[m.source].shape
-        if m.adapter is None and sshape == tshape and not self.options.adapt and self.options.classes is None:
-            # the common case, a plain same-shape copy: no rule or proposal can change it
-            return PlanEntry(m.target, Action.LOAD, m.source, tuple(m.sources), m.strategy, m.evidence,
-                             source_shape=sshape)
-        base = dict(target=m.target, source=m.source, sources=tuple(m.sources), strategy=m.strategy)
-        if m.adapter is not None:
-            return PlanEntry(
-                **base,
-                action=Action.ADAPT,
-                evidence=m.evidence,
-                adapter=m.adapter,
-                adapter_args=dict(m.adapter_args),
-                source_shape=sshape,
-            )
-        rule = self._explicit_rule(m)
-        if rule is not None:
-            return rule
-        if self.options.classes is not None and (sshape == tshape or self.options.on_mismatch != "adapt"):
-            # classes= asks for the head adapter, also for a same-size reorder and without on_mismatch="adapt".
-            proposal = self._propose(m)
-            if isinstance(proposal, tuple) and proposal[0] == "head":
-                return PlanEntry(
-                    **base,
-                    action=Action.ADAPT,
-                    evidence=f"{m.evidence}; classes={list(self.options.classes)}",
-                    adapter="head",
-                    adapter_args=dict(proposal[1]),
-                    source_shape=sshape,
-                )
-        if sshape == tshape:
-            return PlanEntry(**base, action=Action.LOAD, evidence=m.evidence, source_shape=sshape)
-        why = f"shape mismatch: {m.target} {_fmt(tshape)} vs source {m.source} {_fmt(sshape)}"
-        if self.options.on_mismatch == "adapt":
-            proposal = self._propose(m)
-            if isinstance(proposal, tuple):
-                name, args = proposal
-                return PlanEntry(
-                    **base,
-                    action=Action.ADAPT,
-                    evidence=f"{m.evidence}; {why}".strip("; "),
-                    adapter=name,
-                    adapter_args=dict(args),
-                    source_shape=sshape,
-                )
-            why = f"{why}; no adapter applies: {proposal}"
-        return PlanEntry(m.target, Action.INIT, source=m.source, strategy=m.strategy, evidence=why, source_shape=sshape)
-
-    # --- adapters (weightsurgery.adapt), imported only when used ---------------------------------
-
-    def _context(self) -> Any:
-        if self._adapt_ctx is None:
-            from weightsurgery.adapt import AdaptContext
-
-            self._adapt_ctx = AdaptContext(
-                target=self.target,
-                source=self.source,
-                source_metadata=self.metadata,
-                classes=self.options.classes,
-                source_labels=self.options.source_labels,
-            )
-        return self._adapt_ctx
-
-    def _propose(self, m: Match) -> tuple[str, dict[str, Any]] | str:
-        from weightsurgery.adapt import propose_adapter
-
-        return propose_adapter(m.target, m.source, self._context())
-
-    def ruled(self, targets: Iterable[str]) -> dict[str, PlanEntry]:
-        """Entries for targets that an explicit adapter rule fills from sources it names itself."""
-        sourced = [r for r in self.options.adapt if getattr(r, "sources", ())]
-        if not sourced:
-            return {}
-        from weightsurgery.adapt import match_rule
-
-        out: dict[str, PlanEntry] = {}
-        for key in targets:
-            hit = match_rule(sourced, key, None, self._context())
-            if hit is None or not hit[2]:
-                continue
-            name, args, sources = hit
-            out[key] = PlanEntry(
-                target=key,
-                action=Action.ADAPT,
-                source=sources[0],
-                sources=tuple(sources) if len(sources) > 1 else (),
-                strategy="rule",
-                evidence=f"adapt rule {name} on {', '.join(sources)}",
-                adapter=name,
-                adapter_args=dict(args),
-                source_shape=self.source[sources[0]].shape,
-            )
-        return out
-
-    def _explicit_rule(self, m: Match) -> PlanEntry | None:
-        if not self.options.adapt:
-            return None
-        from weightsurgery.adapt import match_rule
-
-        hit = match_rule(self.options.adapt, m.target, m.source, self._context())
-        if hit is None:
-            return None
-        name, args, sources = hit
-        return PlanEntry(
-            target=m.target,
-            action=Action.ADAPT,
-            source=sources[0],
-            sources=tuple(sources) if len(sources) > 1 else (),
-            strategy=m.strategy,
-            evidence=f"{m.evidence}; adapt rule {name}".strip("; "),
-            adapter=name,
-            adapter_args=dict(args),
-            source_shape=self.source[sources[0]].shape,
-        )
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
