@@ -27,10 +27,17 @@ starts to show once a plan creates a few hundred thousand objects. A reference l
 (one million dict inserts) and the load average are printed first, so figures
 from different machines can be compared.
 
+The last table holds the goals of issue 9, each with its measured figure and
+PASS or FAIL: exact+prefix on 200k keys under 1 s, structural alignment of
+20k keys under 3 s, time at 4x the keys at most 5x the time (CPU seconds, the
+garbage collector included), and the default order costing what exact+prefix
+cost (at most 1.2x: they do the same work). A goal whose sizes were not run
+says so.
+
 Usage::
 
     python benchmarks/bench_matching_scale.py
-    python benchmarks/bench_matching_scale.py --sizes 12500 50000 200000 --structure-sizes 5000 20000
+    python benchmarks/bench_matching_scale.py --sizes 50000 200000 --structure-sizes 5000 20000 --repeat 1
 """
 
 from __future__ import annotations
@@ -199,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ssizes, t_structure = sorted(args.structure_sizes), []
     for n in ssizes:
         source, spec = renamed_chain(n)
-        r = timed(lambda: make_plan(source, spec, PlanOptions()), 1)
+        r = timed(lambda: make_plan(source, spec, PlanOptions()), args.repeat)
         t_structure.append((r[1], r[2]))
         ssizes[ssizes.index(n)] = len(spec.tensors)
         print(f"{len(spec.tensors):>8} | {cell(*r, total=len(spec.tensors)):<36}", flush=True)
@@ -216,6 +223,58 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{len(spec.tensors):>8} | {cell(wall, cpu, in_gc):<36}", flush=True)
         del model
     growth("from_module", msizes, t_module)
+
+    goals(sizes, t_prefix, t_default, ssizes, t_structure)
+
+
+def _ratio(sizes: Sequence[int], times: Sequence[tuple[float, float]], big: int) -> tuple[str, float] | None:
+    """CPU time(big) / CPU time(big / 4), when both were measured (within 1% of the sizes asked)."""
+    def at(n: int) -> float | None:
+        for size, (cpu, _) in zip(sizes, times):
+            if abs(size - n) <= n / 100:
+                return cpu
+        return None
+
+    a, b = at(big // 4), at(big)
+    return (f"{big // 4} -> {big}", b / a) if a and b else None
+
+
+def goals(
+    sizes: Sequence[int],
+    t_prefix: Sequence[tuple[float, float]],
+    t_default: Sequence[tuple[float, float]],
+    ssizes: Sequence[int],
+    t_structure: Sequence[tuple[float, float]],
+) -> None:
+    """The goals of issue 9, each measured here (CPU seconds of the best run, garbage collector included)."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def cpu_at(ns: Sequence[int], times: Sequence[tuple[float, float]], n: int) -> float | None:
+        hits = [t for size, (t, _) in zip(ns, times) if abs(size - n) <= n / 100]
+        return hits[0] if hits else None
+
+    for label, ns, times, n, limit in (
+        ("exact+prefix (module. prefix), 200000 keys", sizes, t_prefix, 200_000, 1.0),
+        ("structural alignment (renamed), 20000 keys", ssizes, t_structure, 20_000, 3.0),
+    ):
+        t = cpu_at(ns, times, n)
+        rows.append((label, f"{t:.3f} s" if t is not None else "not run", f"< {limit:g} s", None if t is None else t < limit))
+    for label, ns, times, big in (
+        ("growth exact+prefix at 4x the keys", sizes, t_prefix, 200_000),
+        ("growth all strategies at 4x the keys", sizes, t_default, 200_000),
+        ("growth structure at 4x the keys", ssizes, t_structure, 20_000),
+    ):
+        r = _ratio(ns, times, big)
+        rows.append((f"{label} ({r[0]})" if r else label, f"x{r[1]:.2f}" if r else "not run", "<= x5", None if r is None else r[1] <= 5))
+    n = max(sizes)
+    a, b = cpu_at(sizes, t_prefix, n), cpu_at(sizes, t_default, n)
+    if a and b:
+        rows.append((f"default order / exact+prefix, {n} keys", f"x{b / a:.2f}", "<= x1.2", b / a <= 1.2))
+
+    print(f"\n{'goal (issue 9)':<56} | {'measured (CPU)':>14} | {'goal':>8} | result")
+    for label, measured, goal, ok in rows:
+        verdict = "n/a" if ok is None else "PASS" if ok else "FAIL"
+        print(f"{label:<56} | {measured:>14} | {goal:>8} | {verdict}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ reported unused; merge first (``merge_and_unload()``) to keep them.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -57,6 +58,12 @@ ADAPTER_COMPONENTS = frozenset(
 )
 
 _PEFT_ROOT = ("base_model", "model")
+#: A key that :func:`unwrap` changes or that is an adapter tensor matches this (a quick test, in C).
+_MARKED = re.compile(
+    r"^base_model\.model\.|(?:^|\.)(?:"
+    + "|".join(map(re.escape, sorted(WRAPPER_COMPONENTS | ADAPTER_COMPONENTS)))
+    + r")\."
+)
 _BASE = frozenset({"base_layer"})
 _SAVED = "modules_to_save"  # PEFT's trainable copy of a module: <module>.modules_to_save.<adapter>.<tensor>
 
@@ -161,6 +168,8 @@ def match_wrappers(ctx: MatchContext) -> StrategyResult:
         >>> [(m.target, m.source, m.evidence) for m in result.matches]
         [('0.weight', '0._checkpoint_wrapped_module.weight', "unwrapped '_checkpoint_wrapped_module' (source)")]
     """
+    if not any(map(_MARKED.search, ctx.open_targets)) and not any(map(_MARKED.search, ctx.open_sources)):
+        return StrategyResult()  # no open key holds a wrapper or adapter component: nothing to unwrap
     with_delta = {_owner(s, ADAPTER_COMPONENTS) for s in ctx.source} - {None}
     targets = _by_unwrapped(ctx.open_targets)
     sources = _by_unwrapped(ctx.open_sources)
