@@ -42,118 +42,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
-from weightsurgery.match.tokens import numeric_components, split_tokens
+from weightsurgery.match.fused_names import PART_DECORATION as PART_DECORATION
+from weightsurgery.match.fused_names import ROLE_WORDS as ROLE_WORDS
+from weightsurgery.match.fused_names import FusedKey, PartGroup, scan
+from weightsurgery.match.fused_names import fused_roles as fused_roles
+from weightsurgery.match.fused_names import part_role as part_role
+from weightsurgery.match.tokens import numeric_components
 
 __all__ = ["PART_DECORATION", "ROLE_WORDS", "fused_roles", "match_fused", "part_role"]
 
 logger = logging.getLogger(__name__)
 
 STRATEGY = "fused"
-
-#: A role word -> its role. Short and long spellings name the same role.
-ROLE_WORDS: Mapping[str, str] = {
-    "q": "q",
-    "query": "q",
-    "k": "k",
-    "key": "k",
-    "v": "v",
-    "value": "v",
-    "gate": "gate",
-    "up": "up",
-}
-#: Words that may sit beside the role word(s) in a part or fused name without changing its meaning.
-PART_DECORATION: frozenset[str] = frozenset({"proj", "projection", "lin", "linear", "to", "fc", "dense", "layer"})
-_LETTER_ROLES = frozenset("qkv")
-_LEAVES = ("weight", "bias")
-_MHA = {"in_proj_weight": "weight", "in_proj_bias": "bias"}  # nn.MultiheadAttention: [q; k; v]
-
-
-def part_role(name: str) -> tuple[str, tuple[str, ...]] | None:
-    """The role a module name plays as one separate projection, and its template.
-
-    Args:
-        name: a module's own name (the last path component).
-
-    Returns:
-        ``(role, template)`` where the template is the name's tokens with the
-        role word replaced by ``"*"``; ``None`` when the name is not a part.
-
-    Example:
-        >>> part_role("q_proj"), part_role("query"), part_role("fc1")
-        (('q', ('*', 'proj')), ('q', ('*',)), None)
-    """
-    tokens = split_tokens(name)
-    roles = [i for i, t in enumerate(tokens) if t in ROLE_WORDS]
-    if len(roles) != 1 or any(t not in PART_DECORATION for i, t in enumerate(tokens) if i != roles[0]):
-        return None
-    i = roles[0]
-    return ROLE_WORDS[tokens[i]], tokens[:i] + ("*",) + tokens[i + 1 :]
-
-
-def fused_roles(name: str) -> tuple[str, ...] | None:
-    """The roles a fused module name holds, in its order, or ``None``.
-
-    Args:
-        name: a module's own name (the last path component).
-
-    Returns:
-        The roles in the order the fused tensor stacks them, or ``None`` when
-        the name is not a fused projection this strategy trusts.
-
-    Example:
-        >>> fused_roles("to_qkv"), fused_roles("kv"), fused_roles("gate_up_proj")
-        (('q', 'k', 'v'), ('k', 'v'), ('gate', 'up'))
-        >>> fused_roles("query_key_value") is None  # interleaved per head in GPT-NeoX
-        True
-    """
-    tokens = split_tokens(name)
-    roles: list[str] = []
-    compact = False
-    for t in tokens:
-        if len(t) >= 2 and set(t) <= _LETTER_ROLES:
-            roles += list(t)
-            compact = True
-        elif t in ("gate", "up"):
-            roles.append(t)
-        elif t not in PART_DECORATION:
-            return None
-    if compact and set(roles) <= _LETTER_ROLES and len(set(roles)) == len(roles):
-        return tuple(roles)
-    return ("gate", "up") if roles == ["gate", "up"] else None
-
-
-@dataclass(frozen=True)
-class _Fused:
-    module: str  # path of the module owning the projection
-    leaf: str  # weight | bias
-    roles: tuple[str, ...]
-    key: str
-
-    @property
-    def kind(self) -> tuple[str, tuple[str, ...]]:
-        return self.leaf, self.roles
-
-
-@dataclass(frozen=True)
-class _Group:
-    module: str
-    leaf: str
-    parts: tuple[tuple[str, tuple[str, ...]], ...]  # (role, keys) sorted by role; >1 key = unclear
-
-    @property
-    def roles(self) -> frozenset[str]:
-        return frozenset(r for r, _ in self.parts)
-
-    def key(self, role: str) -> str | None:
-        keys = dict(self.parts).get(role, ())
-        return keys[0] if len(keys) == 1 else None
-
-    def all_keys(self) -> tuple[str, ...]:
-        return tuple(k for _, keys in self.parts for k in keys)
 
 
 def match_fused(ctx: MatchContext) -> StrategyResult:
@@ -181,8 +84,8 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
         in_proj_weight ('q.weight', 'k.weight', 'v.weight') fuse
         in_proj_bias ('q.bias', 'k.bias', 'v.bias') fuse
     """
-    src_fused, src_groups = _scan(ctx.open_sources)
-    tgt_fused, tgt_groups = _scan(ctx.open_targets)
+    src_fused, src_groups = scan(ctx.open_sources)
+    tgt_fused, tgt_groups = scan(ctx.open_targets)
     abstentions: list[Abstain] = []
     claims: dict[str, list[list[Match]]] = defaultdict(list)  # source key -> candidate match groups using it
 
@@ -245,39 +148,13 @@ def match_fused(ctx: MatchContext) -> StrategyResult:
     return StrategyResult(matches=_in_order(matches, ctx.open_targets), abstentions=_dedupe(abstentions))
 
 
-def _scan(keys: Iterable[str]) -> tuple[list[_Fused], list[_Group]]:
-    """Find fused projections and groups of separate parts among ``keys``."""
-    fused: list[_Fused] = []
-    found: dict[tuple[str, str, tuple[str, ...]], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for key in keys:
-        module, _, leaf = key.rpartition(".")
-        if leaf in _MHA:
-            fused.append(_Fused(module, _MHA[leaf], ("q", "k", "v"), key))
-            continue
-        if leaf not in _LEAVES:
-            continue
-        parent, _, name = module.rpartition(".")
-        roles = fused_roles(name)
-        if roles is not None:
-            fused.append(_Fused(parent, leaf, roles, key))
-            continue
-        part = part_role(name)
-        if part is not None:
-            found[(parent, leaf, part[1])][part[0]].append(key)
-    groups = [
-        _Group(parent, leaf, tuple(sorted((r, tuple(ks)) for r, ks in by_role.items())))
-        for (parent, leaf, _), by_role in found.items()
-    ]
-    return fused, groups
-
-
 def _pairs(
-    fused_side: list[_Fused], groups: list[_Group], abstentions: list[Abstain], *, fused_is_target: bool
-) -> list[tuple[_Fused, _Group]]:
+    fused_side: list[FusedKey], groups: list[PartGroup], abstentions: list[Abstain], *, fused_is_target: bool
+) -> list[tuple[FusedKey, PartGroup]]:
     """Each fused key with the one group whose module lines up (tiers in the module docstring)."""
     by_index = _index_bijection(fused_side, groups)
     lookup = _GroupIndex(groups)
-    out: list[tuple[_Fused, _Group]] = []
+    out: list[tuple[FusedKey, PartGroup]] = []
     for fused in fused_side:
         tiers = (
             lookup.equal(fused.module),
@@ -295,7 +172,7 @@ def _pairs(
                 abstentions.append(Abstain(fused.key, reason, tuple(candidates), STRATEGY))
             else:
                 abstentions += [Abstain(k, reason, (fused.key,), STRATEGY) for k in candidates]
-    rivals: dict[int, list[_Fused]] = defaultdict(list)
+    rivals: dict[int, list[FusedKey]] = defaultdict(list)
     for fused, group in out:
         rivals[id(group)].append(fused)
     for fused, group in out:
@@ -316,7 +193,7 @@ class _GroupIndex:
     thousand attention layers pairs in linear time.
     """
 
-    def __init__(self, groups: Sequence[_Group]) -> None:
+    def __init__(self, groups: Sequence[PartGroup]) -> None:
         self.groups = groups
         self.by_module: dict[str, list[int]] = defaultdict(list)
         self.by_suffix: dict[str, list[int]] = defaultdict(list)  # x -> groups whose module ends with "." + x
@@ -327,20 +204,20 @@ class _GroupIndex:
             for x in _proper_suffixes(g.module):
                 self.by_suffix[x].append(i)
 
-    def _pick(self, indices: Iterable[int]) -> list[_Group]:
+    def _pick(self, indices: Iterable[int]) -> list[PartGroup]:
         return [self.groups[i] for i in sorted(set(indices))]
 
-    def equal(self, module: str) -> list[_Group]:
+    def equal(self, module: str) -> list[PartGroup]:
         return self._pick(self.by_module.get(module, ()))
 
-    def aligned(self, module: str) -> list[_Group]:
+    def aligned(self, module: str) -> list[PartGroup]:
         """Groups under a non-empty path equal to ``module``, or equal after a wrapper prefix on one side."""
         hits = [*self.by_module.get(module, ()), *self.by_suffix.get(module, ())]
         for x in _proper_suffixes(module):
             hits += self.by_module.get(x, ())
         return [g for g in self._pick(hits) if g.module]
 
-    def same_indices(self, module: str) -> list[_Group]:
+    def same_indices(self, module: str) -> list[PartGroup]:
         return self._pick(self.by_indices.get(_indices(module), ()))
 
 
@@ -354,12 +231,12 @@ def _proper_suffixes(path: str) -> list[str]:
     return out
 
 
-def _roles_fit(group: _Group, fused: _Fused) -> bool:
+def _roles_fit(group: PartGroup, fused: FusedKey) -> bool:
     """The group's roles are the fused roles, or a subset of two or more (a part is missing)."""
     return group.roles <= set(fused.roles) and (group.roles == set(fused.roles) or len(group.roles) >= 2)
 
 
-def _index_bijection(fused_side: list[_Fused], groups: list[_Group]) -> set[tuple[str, tuple[str, ...]]]:
+def _index_bijection(fused_side: list[FusedKey], groups: list[PartGroup]) -> set[tuple[str, tuple[str, ...]]]:
     """Fused kinds whose container indices pair one-to-one with the groups' (tier 3 applies to these)."""
     ok: set[tuple[str, tuple[str, ...]]] = set()
     for kind in {f.kind for f in fused_side}:
@@ -374,7 +251,7 @@ def _indices(module: str) -> tuple[int, ...]:
     return numeric_components(module) if module else ()
 
 
-def _problem(fused: _Fused, group: _Group, ctx: MatchContext, *, fused_is_target: bool) -> str:
+def _problem(fused: FusedKey, group: PartGroup, ctx: MatchContext, *, fused_is_target: bool) -> str:
     """Why ``fused`` and ``group`` cannot pair (missing or unclear parts, shapes), or ``""``."""
     side = "source" if fused_is_target else "target"
     unclear = [(r, ks) for r, ks in group.parts if len(ks) > 1]

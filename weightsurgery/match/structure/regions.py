@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
-from weightsurgery.match.structure_groups import Group, Signature, describe
+from weightsurgery.match.structure.groups import Group, Signature, describe
 
 __all__ = ["RegionPair", "beside_idle_twins", "crossing", "pair_in_regions"]
 
@@ -66,7 +66,7 @@ def pair_in_regions(
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
@@ -144,7 +144,7 @@ def crossing(
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
@@ -179,7 +179,7 @@ def beside_idle_twins(pairs: Sequence[tuple[Group, Group]], ts: Sequence[Group],
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from weightsurgery.match.structure_groups import Group, clique_ordered, cliques
+from weightsurgery.match.structure.groups import Group, clique_ordered, cliques
 from weightsurgery.match.tokens import name_similarity
 
 __all__ = ["SiblingResolution", "mutual_best", "open_twins", "resolve_siblings"]
@@ -61,7 +61,7 @@ def resolve_siblings(
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> w = TensorMeta((4, 4), torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
@@ -135,7 +135,7 @@ def mutual_best(t_set: Sequence[Group], s_set: Sequence[Group]) -> list[tuple[Gr
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> m = {k: TensorMeta((4, 4), torch.float32) for k in ("a.q.w", "a.k.w", "b.key.w", "b.value.w")}
         >>> groups = build_groups(m, m, lambda k: tuple(k.rsplit(".", 1)))
@@ -182,7 +182,7 @@ def open_twins(
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> w, v = TensorMeta((4, 4), torch.float32), TensorMeta((2, 4), torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from weightsurgery.match.structure_groups import Group
+from weightsurgery.match.structure.groups import Group
 from weightsurgery.match.tokens import leaf_role, name_similarity
 
 __all__ = ["counterpart", "pair_leaves"]
@@ -42,7 +42,7 @@ def pair_leaves(t: Group, s: Group) -> list[LeafPair] | str:
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> v = TensorMeta((8,), torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
@@ -88,7 +88,7 @@ def counterpart(leaf: str, t: Group, s: Group) -> str | None:
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> m = {"a.weight": TensorMeta((2, 2), torch.float32)}
         >>> [g] = build_groups(m, m, lambda k: tuple(k.rsplit(".", 1)))

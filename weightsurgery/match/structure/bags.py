@@ -6,7 +6,7 @@ order, but the modules inside a block come alphabetically, which says nothing.
 So order is used only where numbers make it real:
 
 1. each side's modules are pooled into *bags*, one per numbered container
-   (:attr:`~weightsurgery.match.structure_groups.Group.bag`);
+   (:attr:`~weightsurgery.match.structure.groups.Group.bag`);
 2. the bag sequences are aligned (numbers order them), scoring a bag pair by the
    modules of one signature they have in common; only pairs every optimal alignment
    makes are used;
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import torch
 
 from weightsurgery.match.order import natural_key, numbered_before
-from weightsurgery.match.structure_align import align
-from weightsurgery.match.structure_groups import Group, Signature, clique_ordered, describe
-from weightsurgery.match.structure_siblings import mutual_best
+from weightsurgery.match.structure.align import align
+from weightsurgery.match.structure.groups import Group, Signature, clique_ordered, describe
+from weightsurgery.match.structure.siblings import mutual_best
 from weightsurgery.match.tokens import index_agreement, name_similarity
 
 __all__ = ["BagAlignment", "align_bags"]
@@ -70,7 +70,7 @@ def align_bags(
 
     Example:
         >>> import torch
-        >>> from weightsurgery.match.structure_groups import build_groups
+        >>> from weightsurgery.match.structure.groups import build_groups
         >>> from weightsurgery.sources.checkpoint import TensorMeta
         >>> f = lambda *s: TensorMeta(s, torch.float32)
         >>> split = lambda k: tuple(k.rsplit(".", 1))
