@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from safetensors.torch import save
 
@@ -95,10 +97,45 @@ def test_a_connection_cut_mid_file_every_time_is_refused_with_the_byte_counts(hu
     )
 
 
+def test_a_server_that_sends_a_byte_at_a_time_is_stopped_at_the_deadline(hub_standin, monkeypatch) -> None:
+    monkeypatch.setenv("WEIGHTSURGERY_DOWNLOAD_DEADLINE", "0.5")
+    data = save(tensors(5))
+    url = hub_standin.add_static("drip.safetensors", data, drip=0.02)  # never silent for a read timeout (30 s)
+    refused(
+        url,
+        OfflineSourceError,
+        rf"cannot download {url}: it did not finish within its deadline of 0.5 s \(\d+ of {len(data)} bytes had "
+        r"arrived after 0\.\d s, on attempt 1\); nothing was cached at .*; raise WEIGHTSURGERY_DOWNLOAD_DEADLINE",
+    )
+    assert len(hub_standin.requested("/static/drip.safetensors")) == 1  # the deadline is for all attempts
+
+
+def test_a_retry_after_is_waited_for(hub_standin) -> None:
+    url = hub_standin.add_static("later.safetensors", save(tensors(6)), fail_first=1, retry_after="1")
+    started = time.monotonic()
+    with resolve(url, quiet=True) as ckpt:
+        assert ckpt.keys() == ["layer.bias", "layer.weight"]
+    assert time.monotonic() - started >= 1.0  # not the 10 ms backoff of this suite (conftest)
+    assert len(hub_standin.requested("/static/later.safetensors")) == 2
+
+
+def test_a_retry_after_beyond_the_cap_ends_the_download_at_once(hub_standin) -> None:
+    url = hub_standin.add_static("much-later.safetensors", save(tensors(7)), fail_first=5, retry_after="3600")
+    refused(
+        url,
+        SourceError,
+        rf"{url} answered HTTP 503 \(Service Unavailable\) and asks to wait 3600 s \(Retry-After\), longer than the "
+        r"60 s weightsurgery waits; nothing was cached at .*; try again after that",
+    )
+    assert len(hub_standin.requested("/static/much-later.safetensors")) == 1
+
+
 def test_the_policy_reads_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("WEIGHTSURGERY_READ_TIMEOUT", "2.5")
     monkeypatch.setenv("WEIGHTSURGERY_DOWNLOAD_RETRIES", "0")
-    assert DownloadPolicy.from_env() == DownloadPolicy(read_timeout=2.5, retries=0, backoff=0.01)  # conftest's backoff
+    monkeypatch.setenv("WEIGHTSURGERY_DOWNLOAD_DEADLINE", "90")
+    expected = DownloadPolicy(read_timeout=2.5, retries=0, backoff=0.01, deadline=90.0)  # conftest's backoff
+    assert DownloadPolicy.from_env() == expected
 
 
 @pytest.mark.parametrize(
@@ -108,6 +145,7 @@ def test_the_policy_reads_the_environment(monkeypatch) -> None:
         ("WEIGHTSURGERY_READ_TIMEOUT", "inf"),
         ("WEIGHTSURGERY_CONNECT_TIMEOUT", "soon"),
         ("WEIGHTSURGERY_DOWNLOAD_RETRIES", "-1"),
+        ("WEIGHTSURGERY_DOWNLOAD_DEADLINE", "0"),
     ],
 )
 def test_a_bad_setting_names_the_variable(monkeypatch, hub_standin, name, value) -> None:

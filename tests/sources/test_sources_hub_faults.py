@@ -27,7 +27,7 @@ def test_a_connection_cut_mid_file_is_a_source_error_naming_the_repo_and_file(hu
         match=r"downloading model.safetensors from hub repo f/cut@main failed \(RemoteProtocolError: peer closed "
         r"connection .*\); nothing usable was cached; try again",
     ) as info:
-        resolve("hf-hub:f/cut", quiet=True)  # the client resumes 5 times, 1 s apart, before it gives up
+        resolve("hf-hub:f/cut", quiet=True)  # the client resumes 1 s apart; the 4th try (3 retries) is the last
     assert info.value.source == "hf-hub:f/cut@main/model.safetensors"
     hub_standin.fix_file("f/cut", "model.safetensors")
     with resolve("hf-hub:f/cut", quiet=True) as ckpt:

@@ -15,6 +15,12 @@ speaks HTTP. Its exceptions become ours:
   the file;
 * ``ValueError`` (``HFValidationError``, a bad repo id or file path): :class:`SourceSpecError`.
 
+The client's requests are bounded by weightsurgery's own download settings
+(:mod:`~weightsurgery.sources._hub_limits`): a hub that accepts connections and
+never answers is an :class:`OfflineSourceError` after the connect or read
+timeout and the retries, naming the repo, the file and the setting to raise,
+and a hub that drips the file is stopped at the file's deadline.
+
 A file path is checked before the client sees it: a path that leaves the
 repo (``../x``, ``/etc/x``) is refused, and one named by a shard index is a
 :class:`CorruptCheckpointError` naming the index.
@@ -40,6 +46,8 @@ from weightsurgery.errors import (
     SourceNotFoundError,
     SourceSpecError,
 )
+from weightsurgery.sources._download import DownloadPolicy
+from weightsurgery.sources._hub_limits import HubLimit, bounded
 
 __all__ = ["HUB_PREFIX", "Fetcher", "commit_of", "evict", "outside_repo"]
 
@@ -55,20 +63,25 @@ FIRST_CHOICE = "model.safetensors"
 class Fetcher:
     """``hf_hub_download`` for one repo, mapping its errors to ours.
 
-    After the first file the hub could not be asked about (offline, or
-    unreachable), later files are looked up in the cache only, so a fallback
-    list never sits through the client's retry backoff more than once.
+    After the first file the hub could not be asked about (offline,
+    unreachable, or silent until the timeouts), later files are looked up in
+    the cache only, so a fallback list never sits through the client's retry
+    backoff, or the timeouts, more than once.
 
     Args:
         repo_id: ``org/repo``.
         revision: branch, tag or commit; ``None`` means ``main``.
         quiet: no progress bars.
+        policy: timeouts, retries and deadline; ``None`` reads :meth:`DownloadPolicy.from_env`.
     """
 
-    def __init__(self, repo_id: str, *, revision: str | None, quiet: bool) -> None:
+    def __init__(
+        self, repo_id: str, *, revision: str | None, quiet: bool, policy: DownloadPolicy | None = None
+    ) -> None:
         self.repo_id = repo_id
         self.revision = revision
         self.tqdm_class = _silent_tqdm() if quiet else None
+        self.policy = policy or DownloadPolicy.from_env()
         self.unreachable: str | None = None  # why the hub could not be asked; then only the cache is read
 
     def fetch(self, filename: str, *, missing_ok: bool = False, revision: str | None = None) -> Path | None:
@@ -84,7 +97,9 @@ class Fetcher:
 
         Raises:
             SourceNotFoundError: no such repo, revision or (unless ``missing_ok``) file.
-            OfflineSourceError: offline or unreachable and not cached (unless ``missing_ok``).
+            OfflineSourceError: offline, unreachable or silent, and not cached (unless ``missing_ok``);
+                or the transfer stalled, or passed its deadline.
+            SourceError: the transfer failed on every try, or the hub asks to wait too long.
         """
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import (
@@ -105,13 +120,16 @@ class Fetcher:
             )
         filename = posixpath.normpath(filename)
         try:
-            path = hf_hub_download(
-                self.repo_id,
-                filename,
-                revision=revision,
-                local_files_only=self.unreachable is not None,
-                **({"tqdm_class": self.tqdm_class} if _TAKES_TQDM_CLASS else {}),
-            )
+            with bounded(self.policy) as watch:
+                path = hf_hub_download(
+                    self.repo_id,
+                    filename,
+                    revision=revision,
+                    local_files_only=self.unreachable is not None,
+                    **({"tqdm_class": self.tqdm_class} if _TAKES_TQDM_CLASS else {}),
+                )
+        except HubLimit as exc:
+            return self._over_limit(exc, filename, where, revision, missing_ok=missing_ok)
         except GatedRepoError as exc:
             raise SourceNotFoundError(
                 f"{self.repo_id} is gated: accept its terms on the Hub page, then set HF_TOKEN "
@@ -131,15 +149,8 @@ class Fetcher:
                 source=f"{HUB_PREFIX}{where}",
             ) from exc
         except LocalEntryNotFoundError as exc:  # before EntryNotFoundError: it subclasses it
-            self.unreachable = _why_unreachable(exc)
-            logger.info("%s: %s not cached and %s; reading only the cache now", where, filename, self.unreachable)
-            if missing_ok:
-                return None
-            raise OfflineSourceError(
-                f"{filename} from {where} is not in the local cache and {self.unreachable}; fetch it once online, "
-                f"e.g. `hf download {self.repo_id} {filename}`" + (f" --revision {revision}" if revision else ""),
-                source=f"{HUB_PREFIX}{where}/{filename}",
-            ) from exc
+            self.unreachable = self.unreachable or _why_unreachable(exc)
+            return self._not_cached(filename, where, revision, missing_ok=missing_ok, cause=exc)
         except EntryNotFoundError as exc:
             if missing_ok:
                 logger.debug("%s has no %s", where, filename)
@@ -161,7 +172,43 @@ class Fetcher:
                 "or check HF_ENDPOINT and your connection",
                 source=f"{HUB_PREFIX}{where}/{filename}",
             ) from exc
+        if watch is not None and watch.failure is not None and watch.failure[0] in ("connect", "read"):
+            if not watch.answered:  # served from the cache after a silent hub: the next files read only the cache
+                self.unreachable = f"the hub at {_endpoint()} did not answer ({watch.failure[1]})"
         return Path(path)
+
+    def _over_limit(
+        self, exc: HubLimit, filename: str, where: str, revision: str | None, *, missing_ok: bool
+    ) -> None:
+        """The error for a bound the client's requests reached (:mod:`~weightsurgery.sources._hub_limits`)."""
+        source = f"{HUB_PREFIX}{where}/{filename}"
+        if exc.kind in ("connect", "read") and not exc.answered:  # the hub never answered: as if unreachable
+            self.unreachable = _why_silent(exc)
+            return self._not_cached(filename, where, revision, missing_ok=missing_ok, cause=exc)
+        if exc.kind == "later":
+            raise SourceError(
+                f"downloading {filename} from hub repo {where} stopped: the hub answered {exc.why}; try again after that",
+                source=source,
+            ) from exc
+        error = OfflineSourceError if exc.kind in ("connect", "read", "deadline") else SourceError
+        raise error(
+            f"downloading {filename} from hub repo {where} failed ({exc.why}); nothing usable was cached; "
+            "try again (huggingface_hub resumes a partial download)" + (f", or raise {exc.setting}" if exc.setting else ""),
+            source=source,
+        ) from exc
+
+    def _not_cached(
+        self, filename: str, where: str, revision: str | None, *, missing_ok: bool, cause: BaseException
+    ) -> None:
+        """``None`` (``missing_ok``), else the :class:`OfflineSourceError` of a file the hub could not be asked for."""
+        logger.info("%s: %s not cached and %s; reading only the cache now", where, filename, self.unreachable)
+        if missing_ok:
+            return None
+        raise OfflineSourceError(
+            f"{filename} from {where} is not in the local cache and {self.unreachable}; fetch it once online, "
+            f"e.g. `hf download {self.repo_id} {filename}`" + (f" --revision {revision}" if revision else ""),
+            source=f"{HUB_PREFIX}{where}/{filename}",
+        ) from cause
 
     def fetch_shards(self, index_name: str, index_local: Path) -> tuple[tuple[str, Path], ...]:
         """Fetch every shard an ``*.index.json`` names, at the index's own commit: ``(path in repo, local)``."""
@@ -236,13 +283,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
 def _why_unreachable(exc: BaseException) -> str:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return "offline mode is on (HF_HUB_OFFLINE=1)"
     cause = exc.__cause__
-    return f"the hub at {constants.ENDPOINT} could not be reached" + (f" ({cause})" if cause else "")
+    return f"the hub at {_endpoint()} could not be reached" + (f" ({cause})" if cause else "")
+
+
+def _why_silent(exc: HubLimit) -> str:
+    return f"the hub at {_endpoint()} did not answer ({exc.why}; raise {exc.setting} for a slow hub)"
 
 
 def _silent_tqdm() -> type:
