@@ -60,8 +60,10 @@ def test_constructor_reading_a_parameter_is_rebuilt_on_the_cpu(caplog):
         ("timm:", r"is not a factory spec"),
         ("torch.nn:Lineer", r"'torch.nn' has no attribute 'Lineer'; closest: Linear"),
         ("no_such_module_xyz:f", r"module 'no_such_module_xyz' cannot be imported; .* PYTHONPATH"),
-        ("math:pi", r"names a float, not a callable"),
-        ("builtins:dict", r"returned a dict, not an nn.Module"),
+        ("torch:pi", r"names a float, not a callable"),
+        ("torch:get_default_dtype", r"returned a dtype, not an nn.Module"),
+        ("../models:build", r"'\.\./models' is not a module name; .* not a file: add its folder to PYTHONPATH"),
+        ("pkg.models:build-net", r"'build-net' is not an attribute name"),
     ],
 )
 def test_bad_specs_name_the_fix(spec: str, message: str):
@@ -107,3 +109,16 @@ literals = st.one_of(
 @given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), literals))
 def test_parse_kwargs_round_trips_repr(kwargs: dict):
     assert parse_kwargs([f"{k}={v!r}" for k, v in kwargs.items()]) == kwargs
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["os:system", "subprocess:run", "shutil:rmtree", "builtins:eval", "posix:system", "math:pi", "builtins:dict",
+     "collections:OrderedDict", "os.path:join",
+     "torch.serialization:os.system"],  # reached through a third-party module: refused by where it is defined
+)
+def test_standard_library_callables_are_refused_before_anything_runs(spec: str, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(TargetError, match=r"is refused: it comes from Python's standard library \(.*a TARGET runs code"):
+        build_target(spec, command=f"touch {marker}")
+    assert not marker.exists()

@@ -22,7 +22,9 @@ memory. Two rules bridge that:
   returns) is written back into a torch pickle; safetensors cannot hold it, so
   it is left out of a ``.safetensors`` output with a logged warning.
 
-Every file is written atomically (:func:`weightsurgery._io.atomic_path`).
+Every file is written atomically (:class:`weightsurgery._io.AtomicOutputs`): the
+destination's folder must exist, and without ``overwrite`` an existing
+destination is refused, even one that appears while the file is written.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from weightsurgery._io import atomic_path
-from weightsurgery.errors import OutputExistsError, OutputWriteError, WeightSurgeryError
+from weightsurgery._io import AtomicOutputs, check_destination
+from weightsurgery._reading import load_data
+from weightsurgery.errors import OutputWriteError, WeightSurgeryError
 from weightsurgery.sources import Checkpoint, resolve
 from weightsurgery.sources.shared import alias_map, same_view
 
@@ -58,6 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Format = Literal["safetensors", "torch"]
+
+_FLAG = "overwrite=True (--force)"
 
 METADATA_KEY = "__metadata__"
 """The state-dict entry that carries metadata in a torch pickle written here."""
@@ -153,7 +158,9 @@ def convert_checkpoint(
         A :class:`Conversion` describing what was written.
 
     Raises:
-        OutputExistsError: ``dst`` exists and ``overwrite`` is false (checked first).
+        OutputExistsError: ``dst`` exists and ``overwrite`` is false (checked first, and again
+            at the final rename: a file that appears meanwhile is not replaced).
+        OutputWriteError: the folder of ``dst`` does not exist, or the write failed.
         ValueError: the suffix of ``dst`` names no known format.
         SourceError: ``src`` cannot be resolved or read (subclasses say why).
 
@@ -172,8 +179,7 @@ def convert_checkpoint(
     """
     dst = Path(dst)
     fmt = output_format(dst)
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"output {dst} already exists; pass overwrite=True (--force) to replace it", path=dst)
+    check_destination(dst, overwrite=overwrite, flag=_FLAG)
     with resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet) as ckpt:
         tensors = _read_all(ckpt, progress)  # names that share a tensor come back as one tensor
         metadata = _source_metadata(ckpt)
@@ -181,14 +187,14 @@ def convert_checkpoint(
         if fmt == "safetensors":
             if extra:
                 logger.warning("%s cannot hold module extra state; not written: %s", dst, ", ".join(extra))
-            aliases, cloned = write_safetensors(tensors, dst, metadata=metadata)
+            aliases, cloned = write_safetensors(tensors, dst, metadata=metadata, overwrite=overwrite)
             metadata = {"format": "pt", **aliases, **metadata}  # the header as written
             written = len(tensors) - len(aliases)
         else:
             aliases = alias_map(ckpt.metadata.get("tied", ()))
             cloned = ()
             metadata = {k: v for k, v in metadata.items() if (k, v) != ("format", "pt")}
-            write_torch({**tensors, **extra}, dst, metadata=metadata)  # extra state back where torch keeps it
+            write_torch({**tensors, **extra}, dst, metadata=metadata, overwrite=overwrite)  # extra state back where torch keeps it
             written = len(tensors)
         logger.info("wrote %d tensors from %s to %s", written, ckpt.origin.describe(), dst)
         return Conversion(ckpt.origin.describe(), dst, fmt, written, aliases, cloned, metadata)
@@ -199,6 +205,8 @@ def write_safetensors(
     path: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,
+    overwrite: bool = True,
+    outputs: AtomicOutputs | None = None,
 ) -> tuple[dict[str, str], tuple[str, ...]]:
     """Write ``tensors`` to a safetensors file atomically, handling shared memory.
 
@@ -212,13 +220,18 @@ def write_safetensors(
         path: the output file.
         metadata: ``{str: str}`` for the header; ``{"format": "pt"}`` is added
             unless a ``format`` is given.
+        overwrite: replace an existing ``path``; without it an existing file is refused.
+        outputs: write as one file of this group (it appears when the group's
+            ``with`` block ends, together with the group's other files).
 
     Returns:
         ``(aliases, cloned)``: alias name -> kept name, and the names that were cloned.
 
     Raises:
         ValueError: a tensor is on the meta device (it holds no data to write).
-        OutputWriteError: the write failed part-way (a full disk); ``path`` is left as it was.
+        OutputWriteError: the write failed part-way (a full disk), or the folder of ``path``
+            does not exist; ``path`` is left as it was.
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
 
     Example:
         >>> import tempfile, pathlib, torch
@@ -233,7 +246,7 @@ def write_safetensors(
     """
     unique, aliases, cloned = _dedupe(tensors)
     header = {"format": "pt", **aliases, **dict(metadata or {})}
-    with _writing(path) as tmp:
+    with _writing(path, overwrite=overwrite, outputs=outputs) as tmp:
         save_file(unique, str(tmp), metadata=header)
     if cloned:
         logger.info("copied %s: they overlapped another tensor's memory", ", ".join(cloned))
@@ -245,14 +258,19 @@ def write_torch(
     path: str | os.PathLike[str],
     *,
     metadata: Mapping[str, str] | None = None,
+    overwrite: bool = True,
+    outputs: AtomicOutputs | None = None,
 ) -> None:
     """Write a flat state dict with ``torch.save``, atomically.
 
     Tensors that share memory stay shared (``torch.save`` keeps storage
     sharing). Non-empty ``metadata`` is stored under :data:`METADATA_KEY`.
+    ``overwrite`` and ``outputs`` are those of :func:`write_safetensors`.
 
     Raises:
-        OutputWriteError: the write failed part-way (a full disk); ``path`` is left as it was.
+        OutputWriteError: the write failed part-way (a full disk), or the folder of ``path``
+            does not exist; ``path`` is left as it was.
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
 
     Example:
         >>> import tempfile, pathlib, torch
@@ -264,29 +282,32 @@ def write_torch(
     state: dict[str, Any] = dict(tensors)
     if metadata:
         state[METADATA_KEY] = dict(metadata)
-    with _writing(path) as tmp:
+    with _writing(path, overwrite=overwrite, outputs=outputs) as tmp:
         torch.save(state, tmp)
 
 
 @contextlib.contextmanager
-def _writing(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """:func:`atomic_path`, turning a failure part-way through the write into :class:`OutputWriteError`.
+def _writing(path: str | os.PathLike[str], *, overwrite: bool, outputs: AtomicOutputs | None) -> Iterator[Path]:
+    """A temporary file for ``path`` in ``outputs`` (or in a group of its own, committed on exit).
 
     safetensors and ``torch.save`` report a full disk as their own exception
-    types (``SafetensorError``, ``RuntimeError``); this names the file instead.
+    types (``SafetensorError``, ``RuntimeError``); they become
+    :class:`OutputWriteError`, naming the file.
     """
-    try:
-        with atomic_path(path) as tmp:
+    with contextlib.ExitStack() as stack:
+        group = outputs if outputs is not None else stack.enter_context(AtomicOutputs(overwrite=overwrite, flag=_FLAG))
+        tmp = group.stage(path)
+        try:
             yield tmp
-    except (OSError, RuntimeError, SafetensorError) as exc:
-        if isinstance(exc, WeightSurgeryError):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OutputWriteError(
-            f"could not write {os.fspath(path)} ({reason}); it was left as it was. "
-            "Check the free disk space, the file-size limit (ulimit -f) and the folder's permissions",
-            path=path,
-        ) from exc
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            if isinstance(exc, WeightSurgeryError):
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise OutputWriteError(
+                f"could not write {os.fspath(path)} ({reason}); it was left as it was. "
+                "Check the free disk space, the file-size limit (ulimit -f) and the folder's permissions",
+                path=path,
+            ) from exc
 
 
 def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> dict[str, torch.Tensor]:
@@ -296,7 +317,11 @@ def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> 
     total = len(ckpt)
     for i, name in enumerate(ckpt.keys()):
         kept = canonical.get(name)
-        tensors[name] = tensors[kept] if kept in tensors else ckpt.load(name)
+        if kept in tensors:
+            tensors[name] = tensors[kept]
+        else:
+            tensor = load_data(ckpt, name)
+            tensors[name] = tensor
         if progress is not None:
             progress(i + 1, total)
     return tensors

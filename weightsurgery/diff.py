@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from weightsurgery._reading import input_memory, load_data
 from weightsurgery.sources import resolve
 
 __all__ = ["CheckpointDiff", "TensorDiff", "compare_tensors", "diff_checkpoints"]
@@ -111,6 +112,7 @@ def diff_checkpoints(
 
     Raises:
         ValueError: ``atol`` is negative.
+        InputMemoryError: a tensor pair needs more memory than the process may allocate.
         SourceError: a checkpoint cannot be resolved or read (subclasses say why).
 
     Example:
@@ -136,7 +138,10 @@ def diff_checkpoints(
             if ma.shape != mb.shape:
                 shapes[name] = (ma.shape, mb.shape)
             else:
-                found = compare_tensors(ca.load(name), cb.load(name), atol=atol)
+                ta, tb = load_data(ca, name), load_data(cb, name)
+                with input_memory(f"{ca.origin.location} and {cb.origin.location}", name, doing="compare"):
+                    found = compare_tensors(ta, tb, atol=atol)
+                del ta, tb
                 if found is None:
                     equal.append(name)
                 else:

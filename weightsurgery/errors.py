@@ -29,7 +29,8 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   └── InitSpecMismatchError                     a spec that cannot fill its tensor (xavier on a bias)
     ├── TargetError(ValueError)                       a TARGET factory spec that cannot be built
     ├── OutputExistsError(FileExistsError)            an output file exists; overwrite it explicitly
-    ├── OutputWriteError(OSError)                     writing an output failed (disk full...); the old file is kept
+    ├── OutputWriteError(OSError)                     writing an output failed (disk full, no folder...); the old file is kept
+    ├── InputMemoryError(MemoryError)                 an input needs more memory than the process may allocate
     └── CLIError(ValueError)                          a command-line argument mistake
 
 Errors carry attributes (``path``, ``key``, ``problems``) so callers can act on
@@ -54,6 +55,7 @@ __all__ = [
     "EmptyCheckpointError",
     "InitSpecError",
     "InitSpecMismatchError",
+    "InputMemoryError",
     "IntegrityError",
     "ModuleProtocolError",
     "OfflineSourceError",
@@ -347,7 +349,7 @@ class OutputExistsError(WeightSurgeryError, FileExistsError):
 
 
 class OutputWriteError(WeightSurgeryError, OSError):
-    """Writing an output file failed part-way (a full disk, a file-size limit); the old file is kept.
+    """Writing an output file failed (its folder is missing, a full disk, a file-size limit); the old file is kept.
 
     Attributes:
         path: the output file.
@@ -359,6 +361,20 @@ class OutputWriteError(WeightSurgeryError, OSError):
 
     def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
         return str(self.args[0]) if self.args else ""
+
+
+class InputMemoryError(WeightSurgeryError, MemoryError):
+    """Reading or comparing an input needed more memory than the process may allocate.
+
+    Attributes:
+        path: the input (file, URL or name) being read.
+        key: the tensor being read, if one was.
+    """
+
+    def __init__(self, message: str, *, path: object, key: str | None = None) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.key = key
 
 
 class CLIError(WeightSurgeryError, ValueError):

@@ -20,6 +20,14 @@ The spec forms, in the order they are tried:
 3. ``torchvision:NAME``, built with ``torchvision.models.get_model(NAME, weights=None, **kwargs)``;
 4. ``package.module:attribute`` (``attribute`` may be dotted, ``Class.from_config``),
    imported with :mod:`importlib` and called with the kwargs.
+
+**A spec runs code**, the way ``python -c "import package.module;
+package.module.attribute(**kwargs)"`` does: importing the module runs it, and
+the callable runs with the keyword arguments given. Give only specs you
+would run yourself. A callable from Python's standard library (``os:system``,
+``subprocess:run``, ``builtins:eval``, ``shutil:rmtree``...) is refused: a
+model factory never lives there. A module name must be a dotted Python name
+(``pkg.models``), never a path (``../models``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import ast
 import difflib
 import importlib
 import logging
+import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +324,14 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
 
 
 def _import_factory(module_name: str, attr_path: str, spec: str) -> Callable[..., Any]:
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise TargetError(
+            f"target {spec!r}: {module_name!r} is not a module name; a TARGET names an importable module "
+            f"(pkg.models:build_net), not a file: add its folder to PYTHONPATH (accepted forms: {SPEC_FORMS})"
+        )
+    if not all(part.isidentifier() for part in attr_path.split(".")):
+        raise TargetError(f"target {spec!r}: {attr_path!r} is not an attribute name; write it like pkg.models:build_net")
+    _refuse_stdlib(module_name, spec)
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -335,7 +352,28 @@ def _import_factory(module_name: str, attr_path: str, spec: str) -> Callable[...
         obj = getattr(obj, part)
     if not callable(obj):
         raise TargetError(f"target {spec!r} names a {type(obj).__name__}, not a callable that returns an nn.Module")
+    _refuse_stdlib(_defined_in(obj), spec)
     return obj
+
+
+def _refuse_stdlib(module_name: str | None, spec: str) -> None:
+    """A TARGET runs code; one from the standard library (``os:system``) is never a model factory."""
+    root = (module_name or "").split(".")[0]
+    if root in sys.stdlib_module_names or root == "__main__":
+        raise TargetError(
+            f"target {spec!r} is refused: it comes from Python's standard library ({module_name}), where no "
+            f"model factory lives, and a TARGET runs code. Name your model's factory ({SPEC_FORMS})"
+        )
+
+
+def _defined_in(obj: Any) -> str | None:
+    """The module that defines a callable, through ``functools.partial`` and bound methods."""
+    for _ in range(100):
+        inner = getattr(obj, "func", None) or getattr(obj, "__func__", None)
+        if inner is None or inner is obj:
+            break
+        obj = inner
+    return getattr(obj, "__module__", None)
 
 
 def _call(factory: Callable[..., Any], label: str, kwargs: dict[str, Any], *, on_meta: bool = False) -> nn.Module:

@@ -175,7 +175,7 @@ class Recipe:
         """
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested deeper than any recipe
             where = f"{path}: " if path is not None else ""
             raise RecipeError(f"{where}not valid JSON ({exc})", path=path) from exc
         return cls.from_dict(data, path=path)
@@ -196,7 +196,7 @@ class Recipe:
 
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             where = f"{path}: " if path is not None else ""
             raise RecipeError(f"{where}not valid YAML ({exc})", path=path) from exc
         return cls.from_dict(data if data is not None else {}, path=path)
@@ -224,6 +224,8 @@ class Recipe:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise SourceNotFoundError(f"recipe file {p} does not exist", source=p) from exc
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{p}: not a text file ({exc.reason} at byte {exc.start})", path=p) from exc
         return cls.from_json(text, path=p) if kind == "json" else cls.from_yaml(text, path=p)
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -57,3 +57,8 @@ class Payload:
 
     def __init__(self) -> None:
         self.note = "arbitrary object"
+
+
+def many_small() -> nn.Module:
+    """80 one-element tensors: the report (a record per key) is several times larger than the weights."""
+    return nn.Sequential(*(nn.Linear(1, 1) for _ in range(40)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +24,23 @@ from weightsurgery.cli.main import main  # noqa: E402
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: plain output, the test factories importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "COLUMNS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path) -> Runner:
     """Run ``python -m weightsurgery.cli.main ARGS`` in ``tmp_path``, with the test factories importable."""
 
     def run(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "COLUMNS")}
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-        full_env.update(env or {})
         return subprocess.run(
             [sys.executable, "-m", "weightsurgery.cli.main", *args],
             cwd=tmp_path,
-            env=full_env,
+            env=cli_env(env),
             capture_output=True,
             text=True,
             timeout=300,
@@ -88,3 +94,51 @@ def nested_ckpt(tmp_path: Path, source_model: TinyNet) -> Path:
     state = {f"model.{k}": v for k, v in source_model.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 7, "optimizer_states": []}, path)
     return path
+
+
+class PausedCLI:
+    """Real CLI subprocesses stopped right after they create an output's temporary file (``pause_at.py``)."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.folder = cwd / "pause"
+        self.folder.mkdir()
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, nth: int = 1) -> subprocess.Popen:
+        env = cli_env({"PAUSE_DIR": str(self.folder), "PAUSE_NTH": str(nth)})
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "pause_at.py"), *args], cwd=self.cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, count: int = 1) -> list[Path]:
+        """Wait until ``count`` runs are paused; return the temporary files they created."""
+        deadline = time.monotonic() + 240
+        while len(ready := sorted(self.folder.glob("ready.*"))) < count:
+            exited = [p for p in self.procs if p.poll() is not None]
+            assert not exited, f"a run ended before pausing: {exited[0].communicate()}"
+            assert time.monotonic() < deadline, "the runs never reached the pause"
+            time.sleep(0.02)
+        return [Path(p.read_text()) for p in ready]
+
+    def go(self) -> None:
+        (self.folder / "go").touch()
+
+    def finish(self, proc: subprocess.Popen) -> tuple[int, str]:
+        """The exit code and stderr of a run."""
+        _, err = proc.communicate(timeout=240)
+        return proc.returncode, err
+
+
+@pytest.fixture
+def paused_cli(tmp_path: Path) -> Iterator[PausedCLI]:
+    runs = PausedCLI(tmp_path)
+    yield runs
+    runs.go()
+    for proc in runs.procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

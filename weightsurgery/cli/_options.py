@@ -12,13 +12,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from weightsurgery.errors import CLIError, OutputExistsError, TargetError
+from weightsurgery._io import AtomicOutputs, check_destination
+from weightsurgery.errors import CLIError, TargetError
+
+FORCE_FLAG = "--force"
 
 __all__ = [
     "add_source_options",
     "add_target_options",
     "add_transfer_options",
     "check_output",
+    "output_group",
     "source_kwargs",
     "target_kwargs",
     "transfer_kwargs",
@@ -156,15 +160,19 @@ def transfer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_output(path: Path | None, *, force: bool) -> None:
-    """Refuse an existing output file unless ``--force``; called before any work is done.
+    """Refuse an output that cannot be written, before any work is done.
+
+    The same check runs again, atomically, when the file is renamed into place
+    (:class:`weightsurgery._io.AtomicOutputs`): a file that appears meanwhile is not replaced.
 
     Raises:
-        OutputExistsError: ``path`` exists and ``force`` is false.
-        CLIError: ``path`` is a folder.
+        OutputExistsError: ``path`` exists (a dangling symlink too) and ``force`` is false.
+        OutputWriteError: ``path`` is a folder, or its folder does not exist (it is never created).
     """
-    if path is None:
-        return
-    if path.is_dir():
-        raise CLIError(f"output {path} is a folder; give a file name, e.g. {path / 'model.safetensors'}")
-    if path.exists() and not force:
-        raise OutputExistsError(f"output {path} already exists; pass --force to replace it", path=path)
+    if path is not None:
+        check_destination(path, overwrite=force, flag=FORCE_FLAG)
+
+
+def output_group(*, force: bool) -> AtomicOutputs:
+    """The group every file a command writes goes through: all of them appear at the end, or none."""
+    return AtomicOutputs(overwrite=force, flag=FORCE_FLAG)

@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
+from weightsurgery._reading import is_out_of_memory
 from weightsurgery.cli import convert, diff, inspect, plan, transfer
 from weightsurgery.cli._errors import report_error
 from weightsurgery.cli._ui import UI
-from weightsurgery.errors import CLIError
+from weightsurgery.errors import CLIError, InputMemoryError, WeightSurgeryError
 
 __all__ = ["build_parser", "main"]
 
@@ -128,7 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _logging(ui, verbose=args.verbose):
             return int(args.run(args, ui))
     except (Exception, KeyboardInterrupt) as exc:
-        return report_error(exc, ui.err)
+        return report_error(_from_input(exc, args), ui.err)
+
+
+def _from_input(exc: BaseException, args: argparse.Namespace) -> BaseException:
+    """A refused allocation is the inputs' size against this machine's memory: a user error naming them."""
+    if isinstance(exc, WeightSurgeryError) or not is_out_of_memory(exc):
+        return exc
+    inputs = [str(getattr(args, name)) for name in ("src", "input", "a", "b") if getattr(args, name, None)]
+    detail = str(exc).splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    where = " and ".join(inputs) or "its input"
+    return InputMemoryError(
+        f"not enough memory to {args.command} {where} ({detail}); free memory or raise the process's limit "
+        "(ulimit -v), or use a machine with more",
+        path=where,
+    )
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from weightsurgery.cli._options import add_source_options, add_target_options, add_transfer_options, check_output
-from weightsurgery.cli._options import transfer_kwargs
+from weightsurgery.cli._options import output_group, transfer_kwargs
 from weightsurgery.cli._ui import UI
+from weightsurgery.errors import CLIError
 
 if TYPE_CHECKING:
     from weightsurgery.report import Report
@@ -39,16 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
+    from weightsurgery.report_html import render_html
     from weightsurgery.transfer import transfer
 
+    if args.save_mapping is not None and args.html is not None and args.save_mapping.resolve() == args.html.resolve():
+        raise CLIError("--save-mapping and --html must name different files")
     check_output(args.save_mapping, force=args.force)
     check_output(args.html, force=args.force)
     kwargs = transfer_kwargs(args)
     report = transfer(args.src, args.target, dry_run=True, quiet=ui.quiet, **kwargs)
-    if args.save_mapping is not None:
-        report.plan.save(args.save_mapping)
+    with output_group(force=args.force) as group:  # --save-mapping and --html: both written, or neither
+        if args.save_mapping is not None:
+            group.write_text(args.save_mapping, report.plan.to_json())
+        if args.html is not None:
+            group.write_text(args.html, render_html(report, target=args.target))
     if args.html is not None:
-        report.to_html(args.html, target=args.target)
         ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, mapping=args.save_mapping)
     return 0

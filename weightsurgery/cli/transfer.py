@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weightsurgery._io import atomic_write_text
 from weightsurgery.cli._options import add_source_options, add_target_options, add_transfer_options, check_output
-from weightsurgery.cli._options import transfer_kwargs
+from weightsurgery.cli._options import output_group, transfer_kwargs
 from weightsurgery.cli._ui import UI, human_bytes
 from weightsurgery.cli.plan import show_report
 from weightsurgery.errors import CLIError
@@ -23,10 +22,13 @@ examples:
   weightsurgery transfer ckpt.pth mypkg.models:build_net --mapping mapping.json -o out.safetensors
   weightsurgery transfer ckpt.pth timm:resnet18 -o out.safetensors --strict --min-coverage 0.99
 
-The output is written atomically: it is the old file or the complete new one,
-never a half-written file. An existing output is replaced only with --force,
-and that is checked before any work is done. Tied weights are written once and
-recorded in the safetensors metadata as {alias: kept}.
+The outputs are written atomically and together: each is the old file or the
+complete new one, never a half-written file, and -o, --report-json,
+--save-mapping and --html all appear or none does. An existing output is replaced only
+with --force: that is checked before any work is done and again at the final
+rename, so a file that appears meanwhile is kept. The output folder must
+exist. Tied weights are written once and recorded in the safetensors metadata
+as {alias: kept}.
 """
 
 
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, ui: UI) -> int:
     from weightsurgery.convert import write_safetensors
+    from weightsurgery.report_html import render_html
     from weightsurgery.transfer import transfer
 
     if args.output.suffix != ".safetensors":
@@ -59,13 +62,15 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         report = transfer(args.src, args.target, quiet=ui.quiet, progress=update, **kwargs)
     model = report.model  # type: ignore[attr-defined]
     metadata = {"weightsurgery.source": report.origin.describe(), "weightsurgery.target": args.target}
-    write_safetensors(model.state_dict(), args.output, metadata=metadata)
-    if args.report_json is not None:
-        atomic_write_text(args.report_json, report.to_json() + "\n")
-    if args.save_mapping is not None:
-        report.plan.save(args.save_mapping)
+    with output_group(force=args.force) as group:  # -o, --report-json, --save-mapping, --html: all, or none
+        write_safetensors(model.state_dict(), args.output, metadata=metadata, outputs=group)
+        if args.report_json is not None:
+            group.write_text(args.report_json, report.to_json() + "\n")
+        if args.save_mapping is not None:
+            group.write_text(args.save_mapping, report.plan.to_json())
+        if args.html is not None:
+            group.write_text(args.html, render_html(report, target=args.target))
     if args.html is not None:
-        report.to_html(args.html, target=args.target)
         ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, output=args.output, mapping=args.save_mapping)
     ui.note(f"wrote {args.output} ({human_bytes(args.output.stat().st_size)})")

@@ -261,9 +261,19 @@ class Plan:
     def load(cls, path: str | os.PathLike[str]) -> Plan:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             from weightsurgery.errors import SourceNotFoundError
 
             raise SourceNotFoundError(f"plan file {p} does not exist", source=p) from exc
-        return cls.from_json(text)
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"plan file {p} is not JSON text ({exc.reason} at byte {exc.start})") from exc
+        try:
+            return cls.from_json(text)
+        except PlanError as exc:
+            raise PlanError(f"plan file {p}: {exc}") from exc
+        except (RecursionError, TypeError, AttributeError, KeyError, ValueError) as exc:  # a hand-edited or hostile file
+            raise PlanError(
+                f"plan file {p} is not a weightsurgery plan ({type(exc).__name__}: {exc}); "
+                "write one with report.plan.save() or --save-mapping"
+            ) from exc
