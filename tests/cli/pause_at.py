@@ -33,7 +33,9 @@ def _hook(event: str, args: tuple) -> None:
         return
     _pausing = True
     folder = Path(os.environ["PAUSE_DIR"])
-    (folder / f"ready.{os.getpid()}").write_text(str(args[0]))
+    note = folder / f"writing.{os.getpid()}"
+    note.write_text(str(args[0]))
+    note.rename(folder / f"ready.{os.getpid()}")  # the test never reads a half-written note
     deadline = time.monotonic() + WAIT_LIMIT_S
     while not (folder / "go").exists():
         if time.monotonic() > deadline:

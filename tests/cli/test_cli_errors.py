@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +97,107 @@ def test_error_table_maps_types_to_exit_codes():
     assert "internal error: ZeroDivisionError: oops\nThis is a bug in weightsurgery; rerun with WEIGHTSURGERY_DEBUG=1" \
         in text
     assert ERROR_TABLE[-1].types == (KeyboardInterrupt,)
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "internal error" not in err and "a bug" not in err
+    return lines[0]
+
+
+def test_a_file_of_meta_tensors_is_a_user_error_naming_it(tmp_path: Path, capsys):
+    torch.save({"w": torch.empty(3, 3, device="meta")}, tmp_path / "meta.pth")
+    expected = f"error: {tmp_path / 'meta.pth'}: tensor 'w' is stored on the meta device and holds no data"
+    assert main(["convert", str(tmp_path / "meta.pth"), str(tmp_path / "out.safetensors")]) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith(expected)
+    assert main(["diff", str(tmp_path / "meta.pth"), str(tmp_path / "meta.pth")]) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.pth"]
+
+
+_UNDER_A_MEMORY_LIMIT = """\
+import os, resource, sys
+import weightsurgery.convert, weightsurgery.diff  # the libraries loaded before the limit: it is for the data
+from weightsurgery.cli.main import main
+used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.RLIM_INFINITY))  # 256 MiB more, no further
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _sparse_safetensors(path: Path, numel: int) -> None:
+    """A valid safetensors file holding one float32 tensor of ``numel`` zeros, sparse on disk."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [numel], "data_offsets": [0, 4 * numel]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + 4 * numel)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_an_allocation_the_machine_refuses_is_a_user_error_naming_the_file(tmp_path: Path):
+    _sparse_safetensors(tmp_path / "big.safetensors", 2**28)  # 1 GiB of float32, four times what may be allocated
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "COLUMNS")}
+    for argv in (["convert", "big.safetensors", "big.pth"], ["diff", "big.safetensors", "big.safetensors"]):
+        result = subprocess.run([sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, *argv], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        line = _one_error_line(result.stderr)
+        assert line.startswith("error: not enough memory to ") and "big.safetensors" in line
+        assert "ulimit -v" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("../models:build", "error: target '../models:build': '../models' is not a module name; a TARGET names an "
+                            "importable module (pkg.models:build_net), not a file: add its folder to PYTHONPATH"),
+        ("os:system", "error: target 'os:system' is refused: it comes from Python's standard library (os)"),
+        ("subprocess:getoutput", "error: target 'subprocess:getoutput' is refused: it comes from Python's standard"),
+        ("torch.serialization:os.system", "error: target 'torch.serialization:os.system' is refused: it comes from "
+                                          "Python's standard library (posix)"),
+    ],
+)
+def test_a_target_that_is_a_path_or_from_the_standard_library_runs_nothing(nested_ckpt: Path, tmp_path: Path,
+                                                                             capsys, target: str, message: str):
+    marker = tmp_path / "ran"
+    assert main(["plan", str(nested_ckpt), target, "--kw", f"command='touch {marker}'", "--kw", f"cmd='touch {marker}'"]
+                ) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith(message)
+    assert not marker.exists()
+
+
+def test_a_target_is_never_taken_from_a_recipe(nested_ckpt: Path, tmp_path: Path, capsys):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"target": "os:system", "init": {"head.*": "zeros"}}))
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--recipe", str(recipe)]) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith(f"error: {recipe}: unknown recipe field(s) target")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "is not a weightsurgery plan (RecursionError"),
+        (b"[1, 2]", "is not a weightsurgery plan (AttributeError"),
+        (b'{"format": "weightsurgery.plan/1", "entries": 5}', "is not a weightsurgery plan (TypeError"),
+        (b"\xff\xfe\x00 not text", "is not JSON text (invalid start byte at byte 0)"),
+        (b"{nope", "plan is not valid JSON"),
+    ],
+)
+def test_a_hostile_mapping_file_is_a_user_error_naming_it(nested_ckpt: Path, tmp_path: Path, capsys,
+                                                          content: bytes, message: str):
+    mapping = tmp_path / "mapping.json"
+    mapping.write_bytes(content)
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--mapping", str(mapping)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: plan file {mapping}") and message in line
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep.yaml", "binary.json"])
+def test_a_hostile_recipe_file_is_a_user_error_naming_it(nested_ckpt: Path, tmp_path: Path, capsys, name: str):
+    recipe = tmp_path / name
+    recipe.write_bytes(b"\xff\xfe\x00" if name == "binary.json" else b"[" * 100_000 + b"]" * 100_000)
+    assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--recipe", str(recipe)]) == 1
+    assert _one_error_line(capsys.readouterr().err).startswith(f"error: {recipe}: not ")

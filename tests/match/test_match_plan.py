@@ -24,6 +24,7 @@ def test_json_round_trip_is_lossless(tmp_path) -> None:
     plan = a_plan()
     assert Plan.from_json(plan.to_json()) == plan
     path = tmp_path / "sub" / "mapping.json"
+    path.parent.mkdir()  # an output's folder must exist: it is never created
     plan.save(path)
     assert Plan.load(path) == plan
     assert [p.name for p in path.parent.iterdir()] == ["mapping.json"]  # no temp file left behind
