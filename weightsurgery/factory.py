@@ -330,7 +330,9 @@ def _import_factory(module_name: str, attr_path: str, spec: str) -> Callable[...
             f"(pkg.models:build_net), not a file: add its folder to PYTHONPATH (accepted forms: {SPEC_FORMS})"
         )
     if not all(part.isidentifier() for part in attr_path.split(".")):
-        raise TargetError(f"target {spec!r}: {attr_path!r} is not an attribute name; write it like pkg.models:build_net")
+        raise TargetError(
+            f"target {spec!r}: {attr_path!r} is not an attribute name; write it like pkg.models:build_net"
+        )
     _refuse_stdlib(module_name, spec)
     try:
         obj: Any = importlib.import_module(module_name)

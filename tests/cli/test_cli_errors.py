@@ -201,3 +201,10 @@ def test_a_hostile_recipe_file_is_a_user_error_naming_it(nested_ckpt: Path, tmp_
     recipe.write_bytes(b"\xff\xfe\x00" if name == "binary.json" else b"[" * 100_000 + b"]" * 100_000)
     assert main(["plan", str(nested_ckpt), "cli_models:tiny", "--recipe", str(recipe)]) == 1
     assert _one_error_line(capsys.readouterr().err).startswith(f"error: {recipe}: not ")
+
+
+@pytest.mark.parametrize("atol", ["-1", "nan"])
+def test_a_negative_tolerance_is_a_command_line_mistake(nested_ckpt: Path, capsys, atol: str):
+    assert main(["diff", str(nested_ckpt), str(nested_ckpt), "--atol", atol]) == 1
+    assert _one_error_line(capsys.readouterr().err) == f"error: --atol {float(atol)} must be a number of 0 or more, " \
+        "e.g. --atol 1e-6"

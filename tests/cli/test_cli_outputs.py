@@ -39,7 +39,8 @@ def test_a_dangling_symlink_at_the_output_is_not_replaced(tmp_path: Path, nested
     link.symlink_to(tmp_path / "nowhere")
     assert main(["convert", str(src), str(link)]) == 1
     assert main(["transfer", str(nested_ckpt), "cli_models:tiny", "-o", str(link)]) == 1
-    assert capsys.readouterr().err.splitlines() == [f"error: output {link} already exists; pass --force to replace it"] * 2
+    refused = f"error: output {link} already exists; pass --force to replace it"
+    assert capsys.readouterr().err.splitlines() == [refused] * 2
     assert link.is_symlink() and os.readlink(link) == str(tmp_path / "nowhere")
     assert _temps(tmp_path) == []
 

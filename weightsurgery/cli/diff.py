@@ -10,6 +10,7 @@ from rich.table import Table
 from weightsurgery._grouping import group_keys
 from weightsurgery.cli._options import add_source_options
 from weightsurgery.cli._ui import UI, add_row, shape_text
+from weightsurgery.errors import CLIError
 
 if TYPE_CHECKING:
     from weightsurgery.diff import CheckpointDiff
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, ui: UI) -> int:
     from weightsurgery.diff import diff_checkpoints
 
+    if not args.atol >= 0:  # nan too
+        raise CLIError(f"--atol {args.atol} must be a number of 0 or more, e.g. --atol 1e-6")
     with ui.progress("comparing") as update:
         result = diff_checkpoints(
             args.a, args.b, key_a=args.key_a, key_b=args.key_b, atol=args.atol,
