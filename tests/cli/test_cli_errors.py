@@ -208,3 +208,30 @@ def test_a_negative_tolerance_is_a_command_line_mistake(nested_ckpt: Path, capsy
     assert main(["diff", str(nested_ckpt), str(nested_ckpt), "--atol", atol]) == 1
     assert _one_error_line(capsys.readouterr().err) == f"error: --atol {float(atol)} must be a number of 0 or more, " \
         "e.g. --atol 1e-6"
+
+
+def _deep_pickle(path: Path) -> None:
+    """3,000 nested dicts around one tensor: a real torch.save file (it needs a deeper stack to write)."""
+    nested: dict = {"w": torch.ones(2)}
+    for _ in range(3000):
+        nested = {"x": nested}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        torch.save(nested, path)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert", "diff", "plan"])
+@pytest.mark.parametrize("source", ["deep.pth", "hf-hub:org/repo/../../x.safetensors"])
+def test_a_hostile_source_is_a_user_error_naming_it(tmp_path: Path, monkeypatch, capsys, command: str, source: str):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the traversal is refused before any request
+    _deep_pickle(tmp_path / "deep.pth")
+    argv = {"inspect": [source], "convert": [source, "out.safetensors"], "diff": [source, source],
+            "plan": [source, "cli_models:tiny"]}[command]
+    assert main([command, *argv]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert source.removeprefix("hf-hub:").split("/")[-1] in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.pth"]
