@@ -116,7 +116,7 @@ class PausedCLI:
 
     def wait_ready(self, count: int = 1) -> list[Path]:
         """Wait until ``count`` runs are paused; return the temporary files they created."""
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while len(ready := sorted(self.folder.glob("ready.*"))) < count:
             exited = [p for p in self.procs if p.poll() is not None]
             assert not exited, f"a run ended before pausing: {exited[0].communicate()}"
