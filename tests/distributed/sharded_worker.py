@@ -55,7 +55,7 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
     """The sharded target of ``case`` and the transfer's keyword arguments."""
     mesh = init_device_mesh("cpu", (world,))
     meta = torch.device("meta")
-    if case in ("fsdp_meta", "pickle", "missing", "corrupt", "raises"):
+    if case in ("fsdp_meta", "pickle", "dcp", "missing", "corrupt", "raises"):
         with meta:
             return fsdp(TinyLM(extra=True), mesh), {"init": LM_INIT, "seed": 0}
     if case == "fsdp_real":
@@ -86,8 +86,8 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
 
 
 def source_for(case: str, config: dict[str, str], rank: int, world: int) -> str:
-    if case == "pickle":
-        return config["pickle"]
+    if case in ("pickle", "dcp"):
+        return config[case]
     if case == "head":
         return config["classifier"]
     if case == "missing" and rank == 1:
@@ -137,9 +137,16 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
             on_meta.append(key)
         elif not torch.equal(full, want):
             full_wrong.append(key)
+    loaded = [r["target"] for r in out["report"]["records"] if r["status"] == "loaded"]
+    out["loaded_local_bytes"] = sum(_local_nbytes(state[k]) for k in loaded)
     out.update(local_wrong=local_wrong, full_wrong=full_wrong, on_meta=on_meta, local_bytes=local_bytes,
                tied=getattr(model, "head", None) is not None and model.head.weight is model.embed.weight)
     return out
+
+
+def _local_nbytes(t: torch.Tensor) -> int:
+    local = t.to_local() if isinstance(t, DTensor) else t
+    return local.numel() * local.element_size()
 
 
 def main() -> None:

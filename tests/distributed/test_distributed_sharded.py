@@ -18,10 +18,12 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from sharded_models import Classifier, TinyLM, pretrained
 
@@ -33,8 +35,8 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 WORKER = HERE / "sharded_worker.py"
 LM_INIT = {"adapter.*": "normal(std=0.02)"}
-CASES = ["fsdp_meta", "fsdp_real", "pickle", "tp", "mesh2d", "fused", "head", "missing", "corrupt", "raises"]
-GOOD = ["fsdp_meta", "fsdp_real", "pickle", "tp", "mesh2d", "fused", "head"]
+CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "missing", "corrupt", "raises"]
+GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head"]
 LAUNCH_TIMEOUT = 300
 
 
@@ -53,8 +55,12 @@ def _sources(tmp: Path) -> dict[str, str]:
     data = (tmp / "lm-whole.safetensors").read_bytes()
     (tmp / "lm-corrupt.safetensors").write_bytes(data[: len(data) - 1000])  # a shard cut short
     save_file(pretrained(Classifier(10), seed=3), tmp / "classifier.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no_dist's deprecation note
+        dcp.save({"model": lm}, checkpoint_id=tmp / "lm-dcp", no_dist=True)  # an app state: model. prefix
     return {"index": str(index), "pickle": str(tmp / "lm.pt"), "missing": str(tmp / "lm-missing.safetensors"),
-            "corrupt": str(tmp / "lm-corrupt.safetensors"), "classifier": str(tmp / "classifier.safetensors")}
+            "corrupt": str(tmp / "lm-corrupt.safetensors"), "classifier": str(tmp / "classifier.safetensors"),
+            "dcp": str(tmp / "lm-dcp")}
 
 
 def _references(src: dict[str, str], tmp: Path) -> dict[str, str]:
@@ -71,6 +77,7 @@ def _references(src: dict[str, str], tmp: Path) -> dict[str, str]:
         "tp": transfer(src["index"], on_meta(lambda: TinyLM(tied=False))),
     }
     made["mesh2d"] = made["tp"]
+    made["dcp"] = made["fsdp_meta"]
     torch.manual_seed(1)
     made["fsdp_real"] = transfer(src["index"], TinyLM(extra=True), init=LM_INIT, seed=0)
     refs = {}
@@ -139,6 +146,34 @@ def test_local_shards_and_full_model_match(runs: dict, world: int, case: str) ->
     assert len({r["report_json"] for r in results}) == 1
     ranks = results[0]["report"]["ranks"]
     assert [s["rank"] for s in ranks] == list(range(world))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_reads_only_its_own_bytes(runs: dict, world: int) -> None:
+    """The readers' own counters: exactly the bytes of the rank's loaded shards, never a broadcast."""
+    for case in ("fsdp_meta", "fsdp_real", "tp", "mesh2d", "fused"):
+        if case not in runs[world]:
+            continue
+        results = _ranks(runs, world, case)
+        for r in results:
+            stats = r["report"]["ranks"][r["rank"]]
+            assert stats["bytes_received"] == 0, case
+            if case != "fused":
+                assert stats["bytes_read"] == r["loaded_local_bytes"], (case, r["rank"])
+    # FSDP2: at most 1/N of the tensor bytes (torch.chunk rounds the row count up); headers are not tensor bytes
+    source = TinyLM(tied=False).state_dict()
+    bound = sum(-(-v.shape[0] // world) * v[0].numel() * v.element_size() for k, v in source.items()
+                if k != "head.weight")  # the target's head is tied to its embedding: one tensor, read once
+    total = sum(v.numel() * v.element_size() for v in source.values())
+    for r in _ranks(runs, world, "fsdp_meta"):
+        assert r["report"]["ranks"][r["rank"]]["bytes_read"] <= bound < total / world * 1.1
+
+
+def test_pickle_source_is_read_on_rank_0_and_broadcast(runs: dict) -> None:
+    for world in (2, 4):
+        stats = _ranks(runs, world, "pickle")[0]["report"]["ranks"]
+        assert [s["bytes_read"] for s in stats] == [0] * world
+        assert stats[0]["bytes_received"] == 0 and all(s["bytes_received"] > 0 for s in stats[1:])
 
 
 def test_tp_and_2d_placements_are_what_torch_made(runs: dict) -> None:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import torch
 
 from weightsurgery.distributed.collectives import ShardSession
 from weightsurgery.distributed.placement import Region, full_region, local_region
+from weightsurgery.distributed.ranged import RangedReader
 from weightsurgery.distributed.regions import Piece, assemble, source_regions
 from weightsurgery.match.plan import Action, PlanEntry
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
@@ -87,8 +87,7 @@ class Stager:
         self.checkpoint = checkpoint
         self.current = current
         self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
-        self._headers: dict[int, Any] = {}
-        self._read_before: dict[int, int] = {}
+        self.reader = RangedReader()
 
     # ------------------------------------------------------------ the schedule
     def mode(self, entry: PlanEntry) -> str:
@@ -98,13 +97,9 @@ class Stager:
             return "memory" if self.checkpoint.origin.kind in IN_MEMORY else "broadcast"
         if self.checkpoint.origin.kind in IN_MEMORY:
             return "memory"
-        if all(self._locate(k) is not None for k in entry.source_keys):
+        if all(RangedReader.can_read(self.checkpoint.locate(k)) for k in entry.source_keys):
             return "ranged"
         return "broadcast"
-
-    def _locate(self, key: str) -> tuple[Any, str] | None:
-        locate = getattr(self.checkpoint, "locate", None)
-        return locate(key) if callable(locate) else None
 
     # ------------------------------------------------------------ staging
     def stage_all(
@@ -140,7 +135,7 @@ class Stager:
                     progress(i + 1, total)
             except BaseException as exc:  # held (an interrupt too): the other ranks still wait on our broadcasts
                 error = error or exc
-        self.session.stats.bytes_read += self.bytes_read()
+        self.session.stats.bytes_read += self.reader.bytes_read
         return staged, error
 
     def _local(self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -153,16 +148,8 @@ class Stager:
     def _read(self, piece: Piece, mode: str) -> torch.Tensor:
         if mode == "memory":
             return piece.region.take(self.checkpoint.load(piece.key))
-        header, stored = self._locate(piece.key)  # type: ignore[misc]
-        self._count(header)
-        meta = self.checkpoint.metas[piece.key]
-        out = torch.empty(piece.region.local_shape, dtype=meta.dtype)
-        flat = out.reshape(-1).view(torch.uint8)
-        pos = 0
-        for offset, nbytes in piece.region.runs(itemsize=meta.dtype.itemsize):
-            header.read_into(stored, flat[pos : pos + nbytes], offset)
-            pos += nbytes
-        return out
+        header, stored = self.checkpoint.locate(piece.key)  # type: ignore[misc]
+        return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region)
 
     def _broadcast(
         self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
@@ -199,16 +186,6 @@ class Stager:
             fill = fill.full_tensor()
         shape = tuple(self.current[entry.target].shape)
         return run_adapter(entry.adapter or "", tensors, shape, entry.adapter_args, fill=fill, key=entry.target)
-
-    # ------------------------------------------------------------ counters
-    def _count(self, header: Any) -> None:
-        if id(header) not in self._headers:
-            self._headers[id(header)] = header
-            self._read_before[id(header)] = int(getattr(header, "bytes_read", 0))
-
-    def bytes_read(self) -> int:
-        """Tensor bytes read by range so far, from the file readers' own counters."""
-        return sum(int(getattr(h, "bytes_read", 0)) - self._read_before[i] for i, h in self._headers.items())
 
 
 def _local_fill(fill: torch.Tensor | None, region: Region) -> torch.Tensor | None:

@@ -52,6 +52,7 @@ class SourceKind(str, enum.Enum):
     URL = "url"
     TORCHVISION = "torchvision"
     TIMM = "timm"
+    DCP = "dcp"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,10 @@ class Checkpoint:
         owned: ``loader`` returns freshly allocated tensors that share memory with
             nothing (not a memory-mapped file, not a caller's tensor), so apply
             may put them into a model without another copy.
+        locate: ``key -> (header, stored name)`` for keys whose bytes lie in a
+            safetensors file (the open :class:`~weightsurgery.sources.safetensors_file.SafetensorsHeader`
+            and the name the key is stored under there), so a sharded target can
+            read a region by byte range (:meth:`locate`).
 
     Example:
         >>> import torch
@@ -143,6 +148,7 @@ class Checkpoint:
         metadata: Mapping[str, Any] | None = None,
         closer: Callable[[], None] | None = None,
         owned: bool = False,
+        locate: Callable[[str], tuple[Any, str]] | None = None,
     ) -> None:
         self.metas: Mapping[str, TensorMeta] = dict(metas)
         self._loader = loader
@@ -150,6 +156,7 @@ class Checkpoint:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._closer = closer
         self.owned = owned
+        self._locate = locate
         self._closed = False
 
     def keys(self) -> list[str]:
@@ -171,6 +178,12 @@ class Checkpoint:
         if self._closed:
             raise ValueError(f"checkpoint {self.origin.describe()} is closed; resolve the source again to read it")
         return self._loader(key)
+
+    def locate(self, key: str) -> tuple[Any, str] | None:
+        """The open safetensors header holding ``key``'s bytes and its name there; ``None`` if not in one."""
+        if self._locate is None or key not in self.metas or self._closed:
+            return None
+        return self._locate(key)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Read every tensor (convenience for small checkpoints and tests)."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from weightsurgery.errors import AmbiguousContainerError, CorruptCheckpointError, SourceNotFoundError
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
+from weightsurgery.sources.dcp import is_dcp_folder, open_dcp
 from weightsurgery.sources.pickles import open_pickle
 from weightsurgery.sources.safetensors_file import open_safetensors
 from weightsurgery.sources.sharded import open_index, read_index
@@ -87,6 +88,8 @@ def open_path(path: Path, *, key: str | None, weights_only: bool) -> Checkpoint:
         raise SourceNotFoundError(f"checkpoint {path} does not exist; check the path", source=path)
     if not path.is_dir():
         return _open_file(path, key=key, weights_only=weights_only, location=str(path))
+    if is_dcp_folder(path):  # torch.distributed.checkpoint.save wrote it
+        return open_dcp(path, key=key)
     chosen = choose_file(path)
     logger.info("using %s from folder %s", chosen.name, path)
     ckpt = _open_file(chosen, key=key, weights_only=weights_only, location=str(path))

@@ -206,4 +206,5 @@ def open_safetensors(path: Path, *, key: str | None, location: str | None = None
     metadata: dict[str, Any] = {"safetensors": header.metadata}
     if tied:
         metadata["tied"] = tied
-    return Checkpoint(metas, load, origin, metadata=metadata, closer=header.close, owned=header.fd >= 0)
+    return Checkpoint(metas, load, origin, metadata=metadata, closer=header.close, owned=header.fd >= 0,
+                      locate=lambda name: (header, stored[renames[name]]))

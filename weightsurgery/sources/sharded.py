@@ -124,6 +124,7 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
     pickled: list[dict[str, torch.Tensor]] = []
     metas: dict[str, TensorMeta] = {}
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
+    holders: dict[str, SafetensorsHeader] = {}  # key -> the header of the shard the index names for it
     lacking: list[str] = []
     try:
         for name in shards:
@@ -132,6 +133,7 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
                 header = open_header(path)
                 headers.append(header)
                 shard_metas, read = header.metas, header.read
+                holders.update({k: header for k in header.metas if weight_map.get(k) == name})
             else:
                 tensors = _pickle_shard(path, weights_only=weights_only)
                 pickled.append(tensors)
@@ -177,6 +179,7 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
         origin,
         metadata=metadata,
         closer=lambda: _close(headers, pickled),
+        locate=lambda name: (holders[renames[name]], renames[name]) if renames[name] in holders else None,
         owned=safetensors and all(h.fd >= 0 for h in headers),
     )
 
