@@ -1,4 +1,10 @@
-"""Build a target model from a factory spec: ``timm:NAME``, ``torchvision:NAME`` or ``pkg.module:callable``.
+"""Build a target model from a factory spec: ``timm:NAME``, ``torchvision:NAME``, ``transformers:CLASS`` or ``pkg.module:callable``.
+
+``transformers:CLASS`` (``transformers:AutoModelForCausalLM``, ``transformers:LlamaForCausalLM``)
+builds ``CLASS.from_config(config)`` (a model class: ``CLASS(config)``); ``config`` is a keyword argument (a config
+object, a folder holding ``config.json`` or a hub repo id), and
+:func:`weightsurgery.transfer` passes the source's own ``config.json`` when
+none is given.
 
 A target is built with its parameters on the meta device by default, so that
 constructing it costs no initialization: :func:`weightsurgery.transfer`
@@ -51,7 +57,7 @@ __all__ = ["BuiltTarget", "ConstructorReplay", "build", "build_target", "parse_k
 
 logger = logging.getLogger(__name__)
 
-SPEC_FORMS = "'timm:NAME', 'torchvision:NAME' or 'package.module:callable'"
+SPEC_FORMS = "'timm:NAME', 'torchvision:NAME', 'transformers:CLASS' or 'package.module:callable'"
 
 
 def build_target(spec: str | Callable[..., nn.Module], /, *, meta: bool = True, **kwargs: Any) -> nn.Module:
@@ -292,6 +298,8 @@ def _factory_for(spec: str | Callable[..., nn.Module]) -> tuple[Callable[..., An
         return _timm_factory(name), spec
     if prefix == "torchvision":
         return _torchvision_factory(name), spec
+    if prefix == "transformers":
+        return _transformers_factory(name, spec), spec
     return _import_factory(prefix, name, spec), spec
 
 
@@ -319,6 +327,30 @@ def _torchvision_factory(name: str) -> Callable[..., Any]:
 
     def create(**kwargs: Any) -> nn.Module:
         return models.get_model(name, weights=None, **kwargs)
+
+    return create
+
+
+def _transformers_factory(name: str, spec: str) -> Callable[..., Any]:
+    """``CLASS.from_config(config, **kwargs)`` for an Auto class (``AutoModelForCausalLM``), else ``CLASS(config)``."""
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if not isinstance(cls, type):
+        names = [n for n in dir(transformers) if n.startswith("AutoModel") or n.endswith(("ForCausalLM", "Model"))]
+        raise TargetError(f"target {spec!r}: transformers has no model class {name!r}; "
+                          f"closest: {_closest(name, names, listing='transformers.AutoModel*')}")
+
+    def create(config: Any = None, **kwargs: Any) -> nn.Module:
+        if config is None:
+            raise TargetError(
+                f"target {spec!r} needs a config: pass target_kwargs={{'config': PATH_OR_REPO}} (a folder with "
+                "config.json, a config.json file or a hub repo id), or transfer from a folder holding config.json"
+            )
+        if not isinstance(config, transformers.PretrainedConfig):
+            config = transformers.AutoConfig.from_pretrained(str(config))
+        make = getattr(cls, "from_config", None)  # the Auto classes; a model class is built from its config
+        return make(config, **kwargs) if callable(make) else cls(config, **kwargs)
 
     return create
 

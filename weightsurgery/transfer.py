@@ -228,7 +228,7 @@ def _plan(
     plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool, min_coverage: float | None,
 ) -> tuple[nn.Module, Any, TargetSpec, Plan, list[str]]:
     """Build the target, make (or load) the plan and run the checks that need no tensor data."""
-    module, replay = _build(dst, target_kwargs)
+    module, replay = _build(dst, _with_source_config(dst, target_kwargs, checkpoint))
     target = TargetSpec.from_module(module)
 
     if plan is not None:
@@ -251,6 +251,19 @@ def _plan(
         _check_strict(the_plan, init_keys)
         check_strict_extra_state(the_plan, target, checkpoint.metadata.get("extra_state", {}))
     return module, replay, target, the_plan, notes
+
+
+def _with_source_config(dst: Any, kwargs: Mapping[str, Any] | None, checkpoint: Checkpoint) -> Mapping[str, Any] | None:
+    """A ``transformers:CLASS`` target without ``config=`` gets the ``config.json`` beside the source's weights."""
+    if not (isinstance(dst, str) and dst.startswith("transformers:")) or (kwargs and "config" in kwargs):
+        return kwargs
+    from pathlib import Path
+
+    for place in [Path(checkpoint.origin.location), *(Path(f).parent for f in checkpoint.origin.files[:1])]:
+        found = place / "config.json" if place.is_dir() else place.parent / "config.json"
+        if found.is_file():
+            return {**dict(kwargs or {}), "config": str(found)}
+    return kwargs
 
 
 def _build(dst: Any, kwargs: Mapping[str, Any] | None) -> tuple[nn.Module, Any]:

@@ -70,6 +70,16 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
         fully_shard(model.fc, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model, {"classes": [7, 2, 9, 0], "seed": 0}
+    if case == "hf_llama":  # a transformers model built on meta: its rotary inv_freq is computed again
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(config_dir(case))
+        with meta:
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model, {}
     if case == "tp":
         with meta:
             model = TinyLM(tied=False)
@@ -85,9 +95,15 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
     raise ValueError(case)
 
 
+def config_dir(case: str) -> str:
+    return CONFIG["llama"]
+
+
 def source_for(case: str, config: dict[str, str], rank: int, world: int) -> str:
     if case in ("pickle", "dcp"):
         return config[case]
+    if case == "hf_llama":  # a folder: model.safetensors and config.json
+        return config["llama"]
     if case == "head":
         return config["classifier"]
     if case == "missing" and rank == 1:
@@ -139,6 +155,13 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
             full_wrong.append(key)
     loaded = [r["target"] for r in out["report"]["records"] if r["status"] == "loaded"]
     out["loaded_local_bytes"] = sum(_local_nbytes(state[k]) for k in loaded)
+    if case == "hf_llama":
+        expected = torch.load(config["refs"]["hf_llama_extra"], weights_only=True)
+        rotary = model.model.rotary_emb
+        out["inv_freq_equal"] = (not rotary.inv_freq.is_meta) and torch.equal(rotary.inv_freq, expected["inv_freq"])
+        with torch.no_grad():
+            logits = model(expected["ids"]).logits
+        out["logits_close"] = bool(torch.allclose(logits, expected["logits"], atol=1e-5))
     out.update(local_wrong=local_wrong, full_wrong=full_wrong, on_meta=on_meta, local_bytes=local_bytes,
                tied=getattr(model, "head", None) is not None and model.head.weight is model.embed.weight)
     return out
@@ -149,13 +172,17 @@ def _local_nbytes(t: torch.Tensor) -> int:
     return local.numel() * local.element_size()
 
 
+CONFIG: dict = {}
+
+
 def main() -> None:
     config = json.loads(Path(sys.argv[1]).read_text())
+    CONFIG.update(config)
     dist.init_process_group("gloo", timeout=timedelta(seconds=config.get("timeout", 30)))
     rank, world = dist.get_rank(), dist.get_world_size()
     out_dir = Path(config["out"])
     for case in config["cases"]:
-        if case == "mesh2d" and world % 2:
+        if (case == "mesh2d" and world % 2) or (case == "hf_llama" and world != 2):
             continue
         try:
             result = run_case(case, config, rank, world)

@@ -35,8 +35,9 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 WORKER = HERE / "sharded_worker.py"
 LM_INIT = {"adapter.*": "normal(std=0.02)"}
-CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "missing", "corrupt", "raises"]
-GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head"]
+CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "missing", "corrupt",
+         "raises"]
+GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama"]
 LAUNCH_TIMEOUT = 300
 
 
@@ -60,7 +61,17 @@ def _sources(tmp: Path) -> dict[str, str]:
         dcp.save({"model": lm}, checkpoint_id=tmp / "lm-dcp", no_dist=True)  # an app state: model. prefix
     return {"index": str(index), "pickle": str(tmp / "lm.pt"), "missing": str(tmp / "lm-missing.safetensors"),
             "corrupt": str(tmp / "lm-corrupt.safetensors"), "classifier": str(tmp / "classifier.safetensors"),
-            "dcp": str(tmp / "lm-dcp")}
+            "dcp": str(tmp / "lm-dcp"), "llama": str(_llama(tmp / "llama"))}
+
+
+def _llama(folder: Path) -> Path:
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
 
 
 def _references(src: dict[str, str], tmp: Path) -> dict[str, str]:
@@ -78,12 +89,21 @@ def _references(src: dict[str, str], tmp: Path) -> dict[str, str]:
     }
     made["mesh2d"] = made["tp"]
     made["dcp"] = made["fsdp_meta"]
+    import transformers
+
+    llama = transformers.LlamaForCausalLM.from_pretrained(src["llama"]).eval()
+    made["hf_llama"] = transfer(src["llama"], llama)  # itself: the reference state
+    ids = torch.tensor([[1, 5, 7, 9, 2]])
+    with torch.no_grad():
+        extra = {"inv_freq": llama.model.rotary_emb.inv_freq, "ids": ids, "logits": llama(ids).logits}
     torch.manual_seed(1)
     made["fsdp_real"] = transfer(src["index"], TinyLM(extra=True), init=LM_INIT, seed=0)
     refs = {}
     for case, report in made.items():
         refs[case] = str(tmp / f"ref-{case}.pt")
         torch.save(report.model.state_dict(), refs[case])
+    refs["hf_llama_extra"] = str(tmp / "ref-hf_llama-extra.pt")
+    torch.save(extra, refs["hf_llama_extra"])
     return refs
 
 
@@ -135,6 +155,8 @@ def _ranks(runs: dict, world: int, case: str) -> list[dict]:
 def test_local_shards_and_full_model_match(runs: dict, world: int, case: str) -> None:
     if case == "mesh2d" and world == 2:
         pytest.skip("a 2-D mesh needs 4 ranks")
+    if case == "hf_llama" and world == 4:
+        pytest.skip("the transformers model runs on 2 ranks only (each rank imports transformers)")
     results = _ranks(runs, world, case)
     for r in results:
         assert "error" not in r, r["error"]
@@ -183,6 +205,12 @@ def test_tp_and_2d_placements_are_what_torch_made(runs: dict) -> None:
     grid = _ranks(runs, 4, "mesh2d")[0]["placements"]
     assert grid["blocks.0.o.weight"][1] == "(Shard(dim=0), Shard(dim=1))"
     assert "_StridedShard" in grid["blocks.0.q.weight"][1]
+
+
+def test_a_transformers_model_on_meta_gets_its_rotary_buffers_and_computes_the_same_logits(runs: dict) -> None:
+    for r in _ranks(runs, 2, "hf_llama"):
+        assert r["inv_freq_equal"], f"rank {r['rank']}: rotary inv_freq not recomputed by the model's own init"
+        assert r["logits_close"], f"rank {r['rank']}: the sharded model's logits differ from the original's"
 
 
 def test_tied_weights_stay_tied(runs: dict) -> None:

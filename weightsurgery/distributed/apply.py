@@ -4,6 +4,8 @@
    init (full tensors, seeded per key, so any world size gets the same full
    tensor), and decide how each entry is read (:class:`~weightsurgery.distributed.stage.Stager`).
    The ranks compare that schedule: they must issue the same broadcasts.
+   Non-persistent buffers left on ``meta`` are computed by their modules
+   (:mod:`~weightsurgery.distributed.buffers`).
 2. **stage**: every rank builds its local shards, reading only its own byte
    ranges; the model is not touched.
 3. **commit**: each rank writes its shards through :func:`weightsurgery.apply.commit.commit`,
@@ -28,7 +30,8 @@ import torch
 from torch import nn
 
 from weightsurgery.distributed.collectives import ShardSession, digest
-from weightsurgery.distributed.stage import Stager, is_dtensor, local_init
+from weightsurgery.distributed.buffers import meta_buffers, recompute_buffers, set_buffers
+from weightsurgery.distributed.stage import Stager, is_dtensor, local_device, local_init
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -71,8 +74,10 @@ def apply_sharded(
     from weightsurgery.apply.stage import fill_keys as adapted_fill_keys
     from weightsurgery.extra_state import extra_state_plan, stage_extra_states
     from weightsurgery.init import compute_init
+    from weightsurgery.init.seeding import base_seed
 
     with session.phase("prepare") as step:
+        seed = session.agree_seed(seed)  # one base seed for every rank: each computes the same full inits
         single.validate_plan(plan, checkpoint, target)
         copies = [e for e in plan.entries.values() if e.action in (Action.LOAD, Action.ADAPT)]
         init_keys = [e.target for e in plan.entries.values() if e.action is Action.INIT]
@@ -80,6 +85,7 @@ def apply_sharded(
         fill_keys = adapted_fill_keys(copies)
         init = compute_init(module, target, [*fill_keys, *init_keys], init_rules, seed=seed,
                             constructor=constructor, materialize=fill_keys)
+        buffers, _ = recompute_buffers(module, meta_buffers(module), seed=base_seed(seed))
         stager = Stager(session, checkpoint, current)
         modes = {e.target: stager.mode(e) for e in copies}
         step.digest = digest(sorted(modes.items()))
@@ -103,6 +109,7 @@ def apply_sharded(
             progress(len(copies) + len(init_keys), len(copies) + len(init_keys))
 
     with session.phase("commit"):
+        set_buffers(module, buffers, next((local_device(v) for v in staged.values()), torch.device("cpu")))
         on_meta = any(current[k].is_meta for k in staged)
         frozen = commit(module, target, current, staged, extra=extra,
                         previous_extra=previous_extra_states(module, list(extra)),

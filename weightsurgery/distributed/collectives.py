@@ -201,6 +201,18 @@ class ShardSession:
             ) from exc
         return out
 
+    def agree_seed(self, seed: int | None) -> int:
+        """``seed`` itself, or, for ``None``, a seed drawn on rank 0 (from its global RNG) for every rank.
+
+        Without it, ranks whose global RNGs differ would compute different full
+        inits and keep regions of different tensors.
+        """
+        from weightsurgery.init.seeding import base_seed
+
+        if seed is not None:
+            return seed
+        return int(self._all_gather("seed", base_seed(None))[0])
+
     # ------------------------------------------------------------------ data
     def broadcast(self, tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """Send rank 0's ``tensor`` to every rank; ``None`` on every rank when rank 0 has none to send.

@@ -56,15 +56,18 @@ class RangedReader:
             return True
         return getattr(header, "fd", -1) >= 0 and stored in getattr(header, "offsets", {})
 
-    def read(self, header: Any, stored: str, meta: Any, region: Region) -> torch.Tensor:
-        """``region`` of tensor ``stored`` (of ``meta``'s shape and dtype) as a new tensor."""
+    def read(self, header: Any, stored: str, meta: Any, region: Region, *, pin: bool = False) -> torch.Tensor:
+        """``region`` of tensor ``stored`` (of ``meta``'s shape and dtype) as a new tensor.
+
+        ``pin=True`` reads into page-locked memory, from which a GPU copy is asynchronous.
+        """
         if id(header) not in self._counted and hasattr(header, "bytes_read"):
             self._counted[id(header)] = (header, int(header.bytes_read))
         if callable(getattr(header, "read_box", None)):  # a DCP checkpoint: saved chunks, not byte ranges
             box = [range(min(i), max(i) + 1) if len(i) else range(0) for i in region.index]
             inner = Region(tuple(len(b) for b in box), tuple(_shift(i, b.start) for i, b in zip(region.index, box)))
             return inner.take(header.read_box(stored, box))
-        out = torch.empty(region.local_shape, dtype=meta.dtype)
+        out = torch.empty(region.local_shape, dtype=meta.dtype, pin_memory=pin)
         flat = out.reshape(-1).view(torch.uint8)
         runs = region.runs(itemsize=meta.dtype.itemsize)
         read_into = getattr(header, "read_into", None)

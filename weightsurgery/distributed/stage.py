@@ -63,8 +63,17 @@ def local_device(dst: torch.Tensor) -> torch.device:
 
 
 def wrap_local(local: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``local`` as the value of ``dst``: a DTensor laid out like ``dst``, or ``local`` itself."""
-    local = local.to(device=local_device(dst), dtype=dst.dtype)
+    """``local`` as the value of ``dst``: a DTensor laid out like ``dst``, or ``local`` itself.
+
+    A GPU target's shard goes from page-locked host memory to the device one
+    tensor at a time (``non_blocking``: the copy is ordered on the stream that
+    later uses it), so the device never holds a staged copy of more than the
+    shards themselves.
+    """
+    device = local_device(dst)
+    if device.type == "cuda" and local.device.type == "cpu" and not local.is_pinned():
+        local = local.pin_memory()
+    local = local.to(device=device, dtype=dst.dtype, non_blocking=device.type == "cuda")
     if not is_dtensor(dst):
         return local
     from torch.distributed.tensor import DTensor
@@ -88,6 +97,7 @@ class Stager:
         self.current = current
         self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
         self.reader = RangedReader()
+        self.pin = any(local_device(t).type == "cuda" for t in current.values())  # read GPU shards into pinned memory
 
     # ------------------------------------------------------------ the schedule
     def mode(self, entry: PlanEntry) -> str:
@@ -149,7 +159,7 @@ class Stager:
         if mode == "memory":
             return piece.region.take(self.checkpoint.load(piece.key))
         header, stored = self.checkpoint.locate(piece.key)  # type: ignore[misc]
-        return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region)
+        return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region, pin=self.pin)
 
     def _broadcast(
         self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
