@@ -77,15 +77,16 @@ def apply_sharded(
     from weightsurgery.init.seeding import base_seed
 
     with session.phase("prepare") as step:
-        seed = session.agree_seed(seed)  # one base seed for every rank: each computes the same full inits
+        seed = session.agree_seed(seed)  # first: nothing before it can fail on one rank and skip the collective
         single.validate_plan(plan, checkpoint, target)
         copies = [e for e in plan.entries.values() if e.action in (Action.LOAD, Action.ADAPT)]
         init_keys = [e.target for e in plan.entries.values() if e.action is Action.INIT]
+        missing_buffers = meta_buffers(module)
         current = current_tensors(module, target)
         fill_keys = adapted_fill_keys(copies)
         init = compute_init(module, target, [*fill_keys, *init_keys], init_rules, seed=seed,
                             constructor=constructor, materialize=fill_keys)
-        buffers, _ = recompute_buffers(module, meta_buffers(module), seed=base_seed(seed))
+        buffers = recompute_buffers(module, missing_buffers, seed=base_seed(seed))[0] if missing_buffers else {}
         stager = Stager(session, checkpoint, current)
         modes = {e.target: stager.mode(e) for e in copies}
         step.digest = digest(sorted(modes.items()))

@@ -97,12 +97,19 @@ class Stager:
         self.current = current
         self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
         self.reader = RangedReader()
+        self._regions: dict[str, Region] = {}
         self.pin = any(local_device(t).type == "cuda" for t in current.values())  # read GPU shards into pinned memory
 
     # ------------------------------------------------------------ the schedule
+    def region(self, key: str) -> Region:
+        """The region of target ``key`` this rank holds (computed once)."""
+        if key not in self._regions:
+            self._regions[key] = local_region(self.current[key])
+        return self._regions[key]
+
     def mode(self, entry: PlanEntry) -> str:
         """``"ranged"``, ``"memory"`` or ``"broadcast"`` for ``entry`` (see the module docstring)."""
-        region = local_region(self.current[entry.target])
+        region = self.region(entry.target)
         if source_regions(entry, region, self.shapes) is None:
             return "memory" if self.checkpoint.origin.kind in IN_MEMORY else "broadcast"
         if self.checkpoint.origin.kind in IN_MEMORY:
@@ -128,9 +135,15 @@ class Stager:
         """
         staged: dict[str, torch.Tensor] = {}
         error: BaseException | None = None
+        fills = dict(fills)
+        for entry in copies:  # a whole-tensor adapter's DTensor fill, gathered by every rank before any local step
+            fill = fills.get(entry.target)
+            if fill is not None and is_dtensor(fill) and source_regions(entry, self.region(entry.target),
+                                                                         self.shapes) is None:
+                fills[entry.target] = fill.full_tensor()
         for i, entry in enumerate(copies):
             dst = self.current[entry.target]
-            region = local_region(dst)
+            region = self.region(entry.target)
             fill = fills.get(entry.target)
             try:
                 if modes[entry.target] == "broadcast":
@@ -192,8 +205,6 @@ class Stager:
         from weightsurgery.adapt import run_adapter
 
         tensors = [self.checkpoint.load(k) for k in entry.source_keys]
-        if fill is not None and is_dtensor(fill):
-            fill = fill.full_tensor()
         shape = tuple(self.current[entry.target].shape)
         return run_adapter(entry.adapter or "", tensors, shape, entry.adapter_args, fill=fill, key=entry.target)
 
