@@ -6,8 +6,9 @@ otherwise one new gloo group over the same ranks), this rank, and the timeout
 (the default group's own, as ``init_process_group(timeout=...)`` set it).
 
 Every step that can fail on one rank runs inside :meth:`ShardSession.phase`.
-At the end of a phase every rank exchanges its outcome (and a digest of what
-it decided) with ``all_gather_object``. If any rank failed, or two digests
+At the end of a phase the ranks compare their outcome and a digest of what
+they decided with one small ``all_reduce`` (only when something is wrong do
+they gather the details with ``all_gather_object``). If any rank failed, or two digests
 differ, every rank raises the same :class:`~weightsurgery.errors.ShardedTransferError`;
 a rank that does not answer within the timeout is an error too, never a hang.
 Collectives inside a phase (a broadcast from rank 0) are issued by every rank
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -81,7 +82,6 @@ class Phase:
 
     digest: str | None = None
     details: Callable[[], dict[str, str]] | None = None
-    results: list[Any] = field(default_factory=list)
 
 
 class ShardSession:
@@ -146,6 +146,8 @@ class ShardSession:
             yield state
         except BaseException as exc:  # held, then raised on every rank alike
             error = exc
+        if self._all_well(name, error is None, state.digest):  # one small all_reduce in the usual case
+            return
         outcome = None if error is None else f"{type(error).__name__}: {error}"
         gathered = self._all_gather(name, (self.rank, outcome, state.digest))
         failures = {r: text for r, text, _ in gathered if text is not None}
@@ -159,9 +161,19 @@ class ShardSession:
                 phase=name,
             ) from error
         digests = {r: d for r, _, d in gathered}
-        if len(set(digests.values())) > 1:
-            self._disagree(name, state, digests)
-        state.results = [d for _, _, d in gathered]
+        self._disagree(name, state, digests)
+
+    def _all_well(self, name: str, ok: bool, step_digest: str | None) -> bool:
+        """Whether every rank succeeded with the same digest: ``all_reduce(MAX)`` of (failed, h, -h)."""
+        import torch.distributed as dist
+
+        h = int(step_digest, 16) & (2**62 - 1) if step_digest else 0
+        flags = torch.tensor([0 if ok else 1, h, -h], dtype=torch.int64)
+        try:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+        except Exception as exc:  # a rank that died, or did not come within the timeout
+            raise self._unreachable(name, exc) from exc
+        return int(flags[0]) == 0 and int(flags[1]) == -int(flags[2])
 
     def _disagree(self, name: str, state: Phase, digests: dict[int, str | None]) -> None:
         mine = state.details() if state.details is not None else {}
@@ -192,14 +204,17 @@ class ShardSession:
         try:
             dist.all_gather_object(out, payload, group=self.group)
         except Exception as exc:  # a rank that died, or did not come within the timeout
-            raise ShardedTransferError(
-                f"rank {self.rank}: not every rank reached '{name}' within {self.timeout.total_seconds():.0f} s "
-                f"(a rank died or hangs: {type(exc).__name__}: {str(exc)[:300]}); this rank stopped there"
-                f"{self._untouched(name)}",
-                failures={self.rank: f"{type(exc).__name__}: {str(exc)[:300]}"},
-                phase=name,
-            ) from exc
+            raise self._unreachable(name, exc) from exc
         return out
+
+    def _unreachable(self, name: str, exc: Exception) -> ShardedTransferError:
+        return ShardedTransferError(
+            f"rank {self.rank}: not every rank reached '{name}' within {self.timeout.total_seconds():.0f} s "
+            f"(a rank died or hangs: {type(exc).__name__}: {str(exc)[:300]}); this rank stopped there"
+            f"{self._untouched(name)}",
+            failures={self.rank: f"{type(exc).__name__}: {str(exc)[:300]}"},
+            phase=name,
+        )
 
     def agree_seed(self, seed: int | None) -> int:
         """``seed`` itself, or, for ``None``, a seed drawn on rank 0 (from its global RNG) for every rank.

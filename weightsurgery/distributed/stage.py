@@ -170,7 +170,14 @@ class Stager:
 
     def _read(self, piece: Piece, mode: str) -> torch.Tensor:
         if mode == "memory":
-            return piece.region.take(self.checkpoint.load(piece.key))
+            tensor = self.checkpoint.load(piece.key)
+            if is_dtensor(tensor):
+                raise TypeError(
+                    f"source tensor {piece.key!r} is itself a DTensor (a sharded model as the source); pass its full "
+                    "state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict(model, "
+                    "options=StateDictOptions(full_state_dict=True))) or save it with torch.distributed.checkpoint"
+                )
+            return piece.region.take(tensor)
         header, stored = self.checkpoint.locate(piece.key)  # type: ignore[misc]
         return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region, pin=self.pin)
 
