@@ -112,3 +112,12 @@ def test_adapters_by_region_equal_the_adapter_on_the_whole_tensor() -> None:
 def test_whole_tensor_adapters_say_so() -> None:
     entry = PlanEntry("pos", Action.ADAPT, source="p", adapter="posembed", adapter_args={})
     assert source_regions(entry, full_region((1, 5, 4)), {"p": (1, 3, 4)}) is None
+
+
+def test_a_pending_reduction_is_refused_with_the_fix() -> None:
+    from torch.distributed.tensor import Partial
+
+    from weightsurgery.errors import ShardedTransferError
+
+    with pytest.raises(ShardedTransferError, match="redistribute it to Shard or Replicate"):
+        placement_region((4, 2), (2,), (0,), [Partial()])
