@@ -36,6 +36,7 @@ class _Static:
     stall_after: int | None = None  # send this many bytes of the file, then nothing, holding the connection
     drip: float | None = None  # send the file one byte at a time, this many seconds apart
     silent: bool = False  # read the request, never answer, hold the connection
+    redirect_to: str | None = None  # answer with an LFS-style 302 to this URL (another origin)
 
 
 @dataclass
@@ -116,12 +117,23 @@ class HubStandIn:
         drip: float | None = None,
         busy: str | None = None,
         silent: bool = False,
+        redirect_to: str | None = None,
     ) -> None:
         """Answer ``path`` of every commit of ``repo_id`` wrongly: with ``body`` (as 200), cut after ``cut_after``
         bytes, silent after ``stall_after`` bytes (until :meth:`close`), a byte every ``drip`` seconds,
-        503 with ``Retry-After: {busy}``, or (``silent``) not at all: the request is read, the connection held."""
+        503 with ``Retry-After: {busy}``, (``silent``) not at all: the request is read, the connection held, or
+        with the hub's LFS-style 302 to ``redirect_to`` (``X-Linked-Etag``, ``X-Linked-Size``), where the client
+        then fetches the file."""
         self.broken[(repo_id, path)] = _Static(
-            body, cut_after, None, 0, retry_after=busy, stall_after=stall_after, drip=drip, silent=silent
+            body,
+            cut_after,
+            None,
+            0,
+            retry_after=busy,
+            stall_after=stall_after,
+            drip=drip,
+            silent=silent,
+            redirect_to=redirect_to,
         )
 
     def fix_file(self, repo_id: str, path: str) -> None:
@@ -176,6 +188,14 @@ def _handler(hub: HubStandIn) -> type[http.server.BaseHTTPRequestHandler]:
                 hub._closing.wait(60)  # no answer at all, the connection held open
                 self.close_connection = True
                 return
+            if fault is not None and fault.redirect_to is not None:
+                linked = {
+                    "Location": fault.redirect_to,
+                    "X-Repo-Commit": commit,
+                    "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "X-Linked-Size": str(len(data)),
+                }
+                return self._send(302, b"", linked, body=body)
             if fault is not None and fault.retry_after is not None:
                 return self._send(503, b"busy", {"X-Repo-Commit": commit, "Retry-After": fault.retry_after}, body=body)
             if fault is not None:

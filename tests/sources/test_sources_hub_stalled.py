@@ -16,6 +16,7 @@ import pytest
 from safetensors.torch import save
 
 from sources_payloads import tensors
+from stalled import FullBacklog
 
 from weightsurgery.errors import OfflineSourceError, SourceError
 from weightsurgery.sources import resolve
@@ -79,6 +80,21 @@ def test_a_hub_file_that_stalls_mid_transfer_is_an_offline_error_and_a_rerun_dow
     hub_standin.fix_file("f/stall", "model.safetensors")
     with resolve("hf-hub:f/stall", quiet=True) as ckpt:
         assert ckpt.keys() == ["layer.bias", "layer.weight"]
+
+
+def test_a_file_store_that_never_accepts_is_a_connect_timeout_naming_the_setting(hub_standin, short_timeouts) -> None:
+    data = save(tensors(6))
+    hub_standin.add_commit("f/cdn", {"model.safetensors": data})
+    with FullBacklog() as store:  # the hub answers; the file store it redirects to (as for LFS files) never accepts
+        hub_standin.break_file("f/cdn", "model.safetensors", redirect_to=f"{store.url}/blob")
+        with pytest.raises(
+            OfflineSourceError,
+            match=r"downloading model.safetensors from hub repo f/cdn@main failed \(no connection within 0.3 s "
+            rf"\(connect timeout\), on each of 2 attempts at GET {store.url}/blob\); nothing usable was cached; "
+            r"try again .*, or raise WEIGHTSURGERY_CONNECT_TIMEOUT",
+        ):
+            resolve("hf-hub:f/cdn", quiet=True)
+    assert [method for method, _ in hub_standin.requested("/f/cdn/")] == ["HEAD"]
 
 
 def test_a_hub_file_sent_a_byte_at_a_time_is_stopped_at_its_deadline(hub_standin, monkeypatch) -> None:

@@ -204,10 +204,11 @@ def _hooked(factory: Callable[[], Any]) -> Callable[[], Any]:
     def make() -> Any:
         client = factory()
         hooks = client.event_hooks
-        client.event_hooks = {
-            "request": [*hooks.get("request", ()), _on_request],
-            "response": [*hooks.get("response", ()), _on_response],
-        }
+        if _on_request not in hooks.get("request", ()):  # once, even where a factory wraps this one
+            client.event_hooks = {
+                "request": [*hooks.get("request", ()), _on_request],
+                "response": [*hooks.get("response", ()), _on_response],
+            }
         return client
 
     make.weightsurgery_wraps = factory  # type: ignore[attr-defined]
