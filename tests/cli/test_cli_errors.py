@@ -113,6 +113,10 @@ def test_a_file_of_meta_tensors_is_a_user_error_naming_it(tmp_path: Path, capsys
     assert _one_error_line(capsys.readouterr().err).startswith(expected)
     assert main(["diff", str(tmp_path / "meta.pth"), str(tmp_path / "meta.pth")]) == 1
     assert _one_error_line(capsys.readouterr().err).startswith(expected)
+    assert main(["transfer", str(tmp_path / "meta.pth"), "torch.nn:Linear", "--kw", "in_features=3", "--kw",
+                 "out_features=3", "--key-map", "weight", "w", "-o", str(tmp_path / "out.safetensors")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "'w'" in line and "meta.pth" in line and "on the meta device" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.pth"]
 
 
