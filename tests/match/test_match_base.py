@@ -31,9 +31,11 @@ def test_matches_read_as_a_sequence_of_match_in_the_order_added() -> None:
     assert Matches() == [] and found != expected[:3]
 
 
-def test_a_run_needs_as_many_sources_as_targets() -> None:
-    with pytest.raises(ValueError, match="a run needs as many targets as sources, got 2 and 1"):
+def test_a_run_needs_as_many_sources_and_shapes_as_targets() -> None:
+    with pytest.raises(ValueError, match=r"a run needs as many targets as sources \(and shapes\), got lengths \[1, 2\]"):
         Matches().add_run(["a", "b"], ["a"], "exact")
+    with pytest.raises(ValueError, match=r"got lengths \[1, 2\]"):
+        Matches().add_run(["a", "b"], ["a", "b"], "exact", target_shapes=[(1,)])
 
 
 def test_entries_without_adapter_share_one_empty_mapping_that_compares_as_a_dict() -> None:

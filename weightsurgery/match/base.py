@@ -79,12 +79,19 @@ class Abstain:
 
 
 class MatchRun(NamedTuple):
-    """Plain copies of one strategy with one evidence string: ``targets[i]`` is filled from ``sources[i]``."""
+    """Plain copies of one strategy with one evidence string: ``targets[i]`` is filled from ``sources[i]``.
+
+    ``target_shapes`` and ``source_shapes``, when given, are the shapes the
+    strategy already read for each pair (from the context's metadata), so the
+    planner compares them without reading 2 x 200k objects again.
+    """
 
     targets: Sequence[str]
     sources: Sequence[str]
     strategy: str
     evidence: str = ""
+    target_shapes: Sequence[tuple[int, ...]] | None = None
+    source_shapes: Sequence[tuple[int, ...]] | None = None
 
 
 class Matches(Sequence[Match]):
@@ -113,12 +120,22 @@ class Matches(Sequence[Match]):
         """The runs and lists of single matches, in the order they were added."""
         return self._parts
 
-    def add_run(self, targets: Sequence[str], sources: Sequence[str], strategy: str, evidence: str = "") -> None:
-        """Add the plain copies ``targets[i] <- sources[i]`` (two lists of one length)."""
-        if len(targets) != len(sources):
-            raise ValueError(f"a run needs as many targets as sources, got {len(targets)} and {len(sources)}")
+    def add_run(
+        self,
+        targets: Sequence[str],
+        sources: Sequence[str],
+        strategy: str,
+        evidence: str = "",
+        *,
+        target_shapes: Sequence[tuple[int, ...]] | None = None,
+        source_shapes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
+        """Add the plain copies ``targets[i] <- sources[i]`` (lists of one length; shapes as :class:`MatchRun`)."""
+        lengths = {len(x) for x in (targets, sources, target_shapes, source_shapes) if x is not None}
+        if len(lengths) > 1:
+            raise ValueError(f"a run needs as many targets as sources (and shapes), got lengths {sorted(lengths)}")
         if targets:
-            self._parts.append(MatchRun(targets, sources, strategy, evidence))
+            self._parts.append(MatchRun(targets, sources, strategy, evidence, target_shapes, source_shapes))
             self._len += len(targets)
             self._listed = None
 
@@ -138,8 +155,8 @@ class Matches(Sequence[Match]):
     def __iter__(self) -> Iterator[Match]:
         for part in self._parts:
             if isinstance(part, MatchRun):
-                targets, sources, strategy, evidence = part
-                yield from (Match(t, s, strategy, evidence) for t, s in zip(targets, sources))
+                strategy, evidence = part.strategy, part.evidence
+                yield from (Match(t, s, strategy, evidence) for t, s in zip(part.targets, part.sources))
             else:
                 yield from part
 

@@ -150,46 +150,46 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     open_targets, open_sources = ctx.open_sets()
     found = _Candidates()
     heads: set[str] = set()  # the open source keys' first components
-    found.add("stripped", _collect(ctx.open_sources, open_targets, range(len(ctx.open_sources)), True, heads))
-    targets, ranks = _holding(ctx.open_targets, heads, len(ctx.open_sources))
-    found.add("added", _collect(targets, open_sources, ranks, False))
+    found.add("stripped", _collect(ctx.open_sources, open_targets, True, heads))
+    found.add("added", _collect(_holding(ctx.open_targets, heads), open_sources, False))
     return found.assign(ctx)
 
 
 def _collect(
-    keys: Sequence[str], other: AbstractSet[str], ranks: Iterable[int], stripped: bool, heads: set[str] | None = None
+    keys: Iterable[str], other: AbstractSet[str], stripped: bool, heads: set[str] | None = None
 ) -> dict[str, _Group]:
     """prefix -> the candidates ``key = prefix + rest`` with ``rest`` in ``other``, in key order.
 
     ``heads``, when given, receives each key's first component.
     """
     found: dict[str, _Group] = {}
-    for rank, key in zip(ranks, keys):
-        start = 0
+    for key in keys:
         dot = key.find(".")
+        if dot < 0:
+            if heads is not None:
+                heads.add(key)
+            continue
+        component = key[:dot]
         if heads is not None:
-            heads.add(key[:dot] if dot >= 0 else key)
-        while dot >= 0:
-            if key[start:dot].isdigit():
-                break
+            heads.add(component)
+        while not component.isdigit():  # a prefix never holds a number
             start = dot + 1
-            if key[start:] in other:
+            rest = key[start:]
+            if rest in other:
                 group = found.get(key[:start])
                 if group is None:
                     group = found[key[:start]] = _Group()
-                group.ranks.append(rank)
-                if stripped:
-                    group.targets.append(key[start:])
-                    group.sources.append(key)
-                else:
-                    group.targets.append(key)
-                    group.sources.append(key[start:])
+                group.targets.append(rest if stripped else key)
+                group.sources.append(key if stripped else rest)
             dot = key.find(".", start)
+            if dot < 0:
+                break
+            component = key[start:dot]
     return found
 
 
-def _holding(keys: Sequence[str], heads: AbstractSet[str], first: int) -> tuple[Sequence[str], Iterable[int]]:
-    """The keys that can end in a key whose first component is among ``heads``, and their ranks from ``first``.
+def _holding(keys: Sequence[str], heads: AbstractSet[str]) -> Sequence[str]:
+    """The keys that can end in a key whose first component is among ``heads``, in order.
 
     ``key = prefix + rest`` with ``rest`` starting with head ``h`` needs ``.h.``
     inside ``key`` or ``.h`` at its end: a substring test in C per head, which
@@ -197,28 +197,24 @@ def _holding(keys: Sequence[str], heads: AbstractSet[str], first: int) -> tuple[
     ``module.``-prefixed checkpoint has one head). With many heads every key is kept.
     """
     if len(heads) > 4:
-        return keys, range(first, first + len(keys))
+        return keys
     mask = list(map(str.endswith, keys, itertools.repeat(tuple(f".{h}" for h in heads))))
     for h in heads:
         mask = list(map(operator.or_, mask, map(str.__contains__, keys, itertools.repeat(f".{h}."))))
-    return list(itertools.compress(keys, mask)), list(itertools.compress(range(first, first + len(keys)), mask))
+    return list(itertools.compress(keys, mask))
 
 
 class _Group:
     """The candidates of one ``(kind, prefix)``: parallel lists, so a key costs no tuple of its own."""
 
-    __slots__ = ("ranks", "sources", "targets")
+    __slots__ = ("sources", "targets")
 
     def __init__(self) -> None:
-        self.ranks: list[int] = []  # each candidate's place in key order
         self.targets: list[str] = []
         self.sources: list[str] = []
 
     def __len__(self) -> int:
-        return len(self.ranks)
-
-    def triples(self) -> Iterator[tuple[int, str, str]]:
-        return zip(self.ranks, self.targets, self.sources)
+        return len(self.targets)
 
 
 class _Candidates:
@@ -240,10 +236,11 @@ class _Candidates:
         if not groups:
             return StrategyResult()
         tensors, source, shape = ctx.target.tensors.__getitem__, ctx.source.__getitem__, operator.attrgetter("shape")
-        fits = {  # in C, not a Python step per key
-            kp: sum(map(operator.eq, map(shape, map(tensors, g.targets)), map(shape, map(source, g.sources))))
+        shapes = {  # in C, not a Python step per key; kept for the planner, which would read them again
+            kp: (list(map(shape, map(tensors, g.targets))), list(map(shape, map(source, g.sources))))
             for kp, g in groups.items()
         }
+        fits = {kp: sum(map(operator.eq, *shapes[kp])) for kp in groups}
         rivals: dict[str, list[tuple[str, str]]] = {}  # target -> the (kind, prefix) of each candidate, if several
         if len(groups) > 1:
             by_target: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -265,17 +262,21 @@ class _Candidates:
             evidence = {kp: f"{kp[0]} {kp[1]!r} ({fits[kp]} of {len(groups[kp])} keys fit in shape)" for kp in kps}
             if len(kps) == 1:  # no key twice in one group: its lists are the run, less what earlier tiers took
                 targets, sources = groups[kps[0]].targets, groups[kps[0]].sources
+                known = shapes[kps[0]]  # the shapes of exactly these pairs, while nothing is filtered out
                 if taken_t or taken_s or blocked:
                     free = [t not in taken_t and s not in taken_s and t not in blocked for t, s in zip(targets, sources)]
                     targets, sources = list(itertools.compress(targets, free)), list(itertools.compress(sources, free))
+                    known = None
                 by_kp = {kps[0]: (targets, sources)}
             else:
-                by_kp = self._tier(kps, taken_t, taken_s, blocked)
+                by_kp, known = self._tier(kps, taken_t, taken_s, blocked, ctx), None
             for kp, (targets, sources) in by_kp.items():
                 singles: list[Match] = []
                 if rivals:
                     targets, sources, singles = _rivalled(kp, targets, sources, rivals, fits, evidence[kp])
-                matches.add_run(targets, sources, "prefix", evidence[kp])
+                    known = None
+                t_shapes, s_shapes = known if known is not None else (None, None)
+                matches.add_run(targets, sources, "prefix", evidence[kp], target_shapes=t_shapes, source_shapes=s_shapes)
                 for m in singles:
                     matches.append(m)
                 if n < len(tiers):  # what this tier took, for the next one to skip
@@ -285,12 +286,28 @@ class _Candidates:
         return StrategyResult(matches, list(blocked.values()))
 
     def _tier(
-        self, kps: list[tuple[str, str]], taken_t: set[str], taken_s: set[str], blocked: dict[str, Abstain]
+        self,
+        kps: list[tuple[str, str]],
+        taken_t: set[str],
+        taken_s: set[str],
+        blocked: dict[str, Abstain],
+        ctx: MatchContext,
     ) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
-        """The pairs of prefixes of one score that stand, by prefix; a key two of them compete for is blocked."""
+        """The pairs of prefixes of one score that stand, by prefix; a key two of them compete for is blocked.
+
+        Candidates are taken in key order: stripped ones by source key, then added ones by target key.
+        """
         groups = self.groups
-        kp_of = {(t, s): kp for kp in kps for _, t, s in groups[kp].triples()}
-        members = sorted(c for kp in kps for c in groups[kp].triples())
+        at_s = {k: i for i, k in enumerate(ctx.open_sources)}
+        at_t = {k: len(at_s) + i for i, k in enumerate(ctx.open_targets)}
+
+        def triples(kp: tuple[str, str]) -> Iterator[tuple[int, str, str]]:
+            g = groups[kp]
+            ranks = map(at_s.__getitem__, g.sources) if kp[0] == "stripped" else map(at_t.__getitem__, g.targets)
+            return zip(ranks, g.targets, g.sources)
+
+        kp_of = {(t, s): kp for kp in kps for _, t, s in triples(kp)}
+        members = sorted(c for kp in kps for c in triples(kp))
         tier = [c for c in members if c[1] not in taken_t and c[2] not in taken_s and c[1] not in blocked]
         per_t: dict[str, list[str]] = {}  # target -> sources competing for it in this tier
         per_s: dict[str, list[str]] = {}  # source -> targets competing for it in this tier

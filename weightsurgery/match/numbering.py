@@ -148,8 +148,11 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
             }
             if bad:
                 kept_pairs = [(t, s) for t, s in zip(part.targets, part.sources) if t not in bad]
-                part = part._replace(targets=[t for t, _ in kept_pairs], sources=[s for _, s in kept_pairs])
-            kept.add_run(*part)
+                part = MatchRun([t for t, _ in kept_pairs], [s for _, s in kept_pairs], part.strategy, part.evidence)
+            kept.add_run(
+                part.targets, part.sources, part.strategy, part.evidence,
+                target_shapes=part.target_shapes, source_shapes=part.source_shapes,
+            )
             continue
         for m in part:
             if tensors[m.target].module not in owners or not _refuse(m, ctx, cache, refused):  # type: ignore[arg-type]

@@ -249,7 +249,7 @@ class _Claims:
                 for m in part:
                     self._one(m)
             elif self.decide.plain:
-                self._run(*part)
+                self._run(part)
             else:  # adapter rules or classes= may turn any pair into an adapted entry
                 for t, s in zip(part.targets, part.sources):
                     self._one(Match(t, s, part.strategy, part.evidence))
@@ -262,14 +262,17 @@ class _Claims:
                     open_t.discard(a.target)
         return (len(self.open_t), len(self.open_s)) != closed
 
-    def _run(self, targets: Sequence[str], sources: Sequence[str], strategy: str, evidence: str) -> None:
+    def _run(self, run: MatchRun) -> None:
         """Plain copies in bulk: same-shaped pairs of open keys load; any other pair takes the general path.
 
         Each step is one C-level pass over the run (set and dict operations,
         ``map``), not a Python step per pair.
         """
+        targets, sources, strategy, evidence = run.targets, run.sources, run.strategy, run.evidence
+        shapes, target_shapes = run.source_shapes, run.target_shapes
         open_t, open_s = self.open_t, self.open_s
         if not self._all_open(targets, sources):
+            shapes = target_shapes = None  # read again for the pairs that stand
             pairs = [(t, s) for t, s in zip(targets, sources) if t in open_t and s in open_s]
             if len({t for t, _ in pairs}) < len(pairs) or len({s for _, s in pairs}) < len(pairs):
                 for t, s in pairs:  # a key twice in one run: the first claim wins, one pair at a time
@@ -278,8 +281,11 @@ class _Claims:
             targets, sources = [t for t, _ in pairs], [s for _, s in pairs]
             open_t.difference_update(targets)
             open_s.difference_update(sources)
-        shapes = list(map(_SHAPE, map(self.source.__getitem__, sources)))
-        same = list(map(operator.eq, shapes, map(_SHAPE, map(self.target.tensors.__getitem__, targets))))
+        if shapes is None:
+            shapes = list(map(_SHAPE, map(self.source.__getitem__, sources)))
+        if target_shapes is None:
+            target_shapes = list(map(_SHAPE, map(self.target.tensors.__getitem__, targets)))
+        same = list(map(operator.eq, shapes, target_shapes))
         others = []
         if not all(same):  # a pair of other shapes goes through the mismatch policy, one at a time
             others = [Match(t, s, strategy, evidence) for t, s, ok in zip(targets, sources, same) if not ok]
