@@ -40,7 +40,6 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from weightsurgery._io import AtomicOutputs, check_destination
 from weightsurgery._reading import load_data
@@ -247,6 +246,8 @@ def write_safetensors(
     unique, aliases, cloned = _dedupe(tensors)
     header = {"format": "pt", **aliases, **dict(metadata or {})}
     with _writing(path, overwrite=overwrite, outputs=outputs) as tmp:
+        from safetensors.torch import save_file  # imported here: `import weightsurgery` stays light
+
         save_file(unique, str(tmp), metadata=header)
     if cloned:
         logger.info("copied %s: they overlapped another tensor's memory", ", ".join(cloned))

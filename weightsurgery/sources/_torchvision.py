@@ -4,7 +4,7 @@ The file is fetched from ``weights.url`` into ``$TORCH_HOME/hub/checkpoints/<bas
 exactly where ``weights.get_state_dict()`` (``torch.hub.load_state_dict_from_url(...,
 check_hash=True)``) puts it, with the same file-name hash check (torch.hub's own
 pattern, since torch.hub checks these names), so either reuses the other's
-download. It is then opened lazily (memory-mapped) rather than loaded whole.
+download. It is then opened lazily (each tensor read as it is loaded), not loaded whole.
 Unlike torch, a file already in that folder is verified against the hash in
 its name too, once, and marked (see :mod:`~weightsurgery.sources.url`):
 pre-seeding the folder with the real files is how an offline machine gets

@@ -172,7 +172,7 @@ class Checkpoint:
         return iter(self.metas)
 
     def load(self, key: str) -> torch.Tensor:
-        """Read one tensor. It may be memory-mapped: copy it before it goes into a model."""
+        """Read one tensor. Unless ``owned``, it may be the caller's own tensor: copy it before it goes into a model."""
         if key not in self.metas:
             raise KeyError(f"{key!r} is not in {self.origin.describe()}")
         if self._closed:

@@ -110,6 +110,8 @@ def from_unwrapped(
     *,
     metadata: Mapping[str, Any] | None = None,
     closer: Callable[[], None] | None = None,
+    materialize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    owned: bool = False,
 ) -> Checkpoint:
     """Index the state dict :func:`nested.unwrap` found, recording the path in ``origin``.
 
@@ -118,7 +120,8 @@ def from_unwrapped(
         root: the mapping as loaded, for its top-level scalars.
         origin: where it came from; its ``container`` and ``details`` are filled in here.
         metadata: extra ``Checkpoint.metadata``.
-        closer: releases what holds the tensors (a memory-mapped file).
+        closer: releases what holds the tensors (an open file).
+        materialize, owned: see :func:`from_tensors`.
 
     Returns:
         A :class:`Checkpoint` over ``found.tensors``.
@@ -142,7 +145,7 @@ def from_unwrapped(
         for step in found.container:
             chosen = chosen[step]
         tensors.update({k: chosen[k] for k in found.ignored if _is_extra_state(k) and k in chosen})
-    return from_tensors(tensors, origin, metadata=meta, closer=closer)
+    return from_tensors(tensors, origin, metadata=meta, closer=closer, materialize=materialize, owned=owned)
 
 
 def from_tensors(
@@ -151,8 +154,10 @@ def from_tensors(
     *,
     metadata: Mapping[str, Any] | None = None,
     closer: Callable[[], None] | None = None,
+    materialize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    owned: bool = False,
 ) -> Checkpoint:
-    """Index tensors that are already loaded (possibly memory-mapped).
+    """Index tensors that are already loaded, or whose data a reader fetches (meta tensors of a file).
 
     Names that share one tensor are recorded in ``metadata["tied"]``;
     ``<module>._extra_state`` entries go to ``metadata["extra_state"]``.
@@ -162,6 +167,9 @@ def from_tensors(
         origin: where they came from.
         metadata: ``Checkpoint.metadata``.
         closer: releases what holds the tensors; the index is dropped too.
+        materialize: turns an indexed tensor into one with data when it is loaded
+            (a lazily opened file's meta tensor); ``None`` loads the tensor itself.
+        owned: ``materialize`` returns tensors that share memory with nothing (see :class:`Checkpoint`).
 
     Returns:
         A :class:`Checkpoint` whose loader looks the name up.
@@ -176,7 +184,7 @@ def from_tensors(
     extra = {k: v for k, v in tensors.items() if _is_extra_state(k)}
     index = {k: v for k, v in tensors.items() if k not in extra}
     if extra:
-        meta["extra_state"] = extra
+        meta["extra_state"] = extra if materialize is None else {k: _with_data(v, materialize) for k, v in extra.items()}
     for name, t in index.items():
         if nn.parameter.is_lazy(t) or not isinstance(t, torch.Tensor):
             owner = name.rpartition(".")[0] or "<root>"
@@ -193,7 +201,8 @@ def from_tensors(
     metas = {name: TensorMeta.of(t) for name, t in index.items()}
 
     def load(name: str) -> torch.Tensor:
-        return index[name].detach()
+        tensor = index[name]
+        return (tensor if materialize is None else materialize(tensor)).detach()
 
     def close() -> None:
         index.clear()
@@ -201,7 +210,20 @@ def from_tensors(
             closer()
 
     logger.debug("indexed %d tensors from %s", len(index), origin.describe())
-    return Checkpoint(metas, load, origin, metadata=meta, closer=close)
+    return Checkpoint(metas, load, origin, metadata=meta, closer=close, owned=owned)
+
+
+def _with_data(value: Any, materialize: Callable[[torch.Tensor], torch.Tensor], depth: int = 0) -> Any:
+    """An extra state with each tensor in it (in dicts, lists, tuples) read from its file."""
+    if isinstance(value, torch.Tensor):
+        return materialize(value)
+    if depth >= nested.MAX_DEPTH:
+        return value
+    if type(value) is dict:
+        return {k: _with_data(v, materialize, depth + 1) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_with_data(v, materialize, depth + 1) for v in value)
+    return value
 
 
 def _is_extra_state(key: str) -> bool:

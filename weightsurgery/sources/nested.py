@@ -51,12 +51,18 @@ from dataclasses import dataclass
 
 import torch
 
-from weightsurgery.errors import AmbiguousContainerError, EmptyCheckpointError, UnknownContainerError
+from weightsurgery.errors import (
+    AmbiguousContainerError,
+    CorruptCheckpointError,
+    EmptyCheckpointError,
+    UnknownContainerError,
+)
 from weightsurgery.sources import optim_state
 
 __all__ = [
     "EMA_KEYS",
     "IGNORED_KEYS",
+    "MAX_DEPTH",
     "WRAPPER_KEYS",
     "Rank",
     "Unwrapped",
@@ -87,6 +93,9 @@ IGNORED_KEYS: frozenset[str] = optim_state.OPTIMIZER_KEYS | frozenset(
     }
 )
 """Container keys of training state that never hold model weights; not searched."""
+
+MAX_DEPTH = 100
+"""The deepest nesting of mappings searched; a deeper checkpoint is refused (it would exhaust the stack)."""
 
 _MAX_LISTED = 20
 
@@ -184,6 +193,7 @@ def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: obje
         AmbiguousContainerError: several state dicts share the best rank.
         UnknownContainerError: ``key`` names nothing in ``obj``.
         EmptyCheckpointError: ``obj`` has entries but no tensor among them.
+        CorruptCheckpointError: ``obj`` nests mappings deeper than :data:`MAX_DEPTH`.
 
     Example:
         >>> import torch
@@ -195,14 +205,14 @@ def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: obje
         0.0
     """
     where = "the mapping" if source is None else str(source)
-    candidates = _candidates(obj, ())
+    candidates = _candidates(obj, (), source)
     if key is None:
         return _choose(candidates, obj, (), where, source=source)
     path = _walk(obj, key)
     if path is not None:
         node = _get(obj, path)
         if isinstance(node, Mapping):
-            found = _choose(_candidates(node, path), node, path, where, source=source, under=key)
+            found = _choose(_candidates(node, path, source), node, path, where, source=source, under=key)
             logger.debug("key=%r selected container %s in %s", key, ".".join(found.container), where)
             others = tuple(c.dotted for c in candidates if c.path != found.container)
             return dataclasses.replace(found, alternatives=others)
@@ -286,14 +296,21 @@ def select_prefix(keys: Iterable[str], key: str, *, source: object = None) -> di
     )
 
 
-def _candidates(node: Mapping[object, object], path: tuple[str, ...]) -> list[_Candidate]:
-    """Every state dict at or below ``node``, in storage order."""
+def _candidates(node: Mapping[object, object], path: tuple[str, ...], source: object = None) -> list[_Candidate]:
+    """Every state dict at or below ``node``, in storage order; deeper than :data:`MAX_DEPTH` is refused."""
     found: list[_Candidate] = []
     seen: set[int] = set()
 
     def visit(mapping: Mapping[object, object], at: tuple[str, ...]) -> bool:
         if id(mapping) in seen:
             return False
+        if len(at) > MAX_DEPTH:
+            where = "the mapping" if source is None else str(source)
+            raise CorruptCheckpointError(
+                f"{where} nests mappings more than {MAX_DEPTH} levels deep (at {'.'.join(at[:4])}...); no "
+                "checkpoint does: it is malformed or hostile. Pass the state dict itself",
+                source=source,
+            )
         seen.add(id(mapping))
         before = len(found)
         for k, v in mapping.items():

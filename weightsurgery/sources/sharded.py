@@ -3,7 +3,7 @@
 Both Hugging Face layouts are read: ``model.safetensors.index.json`` over
 safetensors shards (kind ``SHARDED``, each shard opened lazily through its
 header) and ``pytorch_model.bin.index.json`` over torch pickles (kind
-``PICKLE``, each shard memory-mapped by ``torch.load``). The index is the
+``PICKLE``, each shard opened lazily by :func:`~weightsurgery.sources.pickles.read_pickle`). The index is the
 authority: a key reads from the shard it names, a key the index names but its
 shard lacks is an error, and tensors a shard holds that the index does not name
 are ignored.
@@ -27,12 +27,15 @@ import torch
 from weightsurgery.errors import CorruptCheckpointError, SourceNotFoundError
 from weightsurgery.sources import nested
 from weightsurgery.sources.checkpoint import Checkpoint, Origin, SourceKind, TensorMeta
-from weightsurgery.sources.pickles import load_pickle
+from weightsurgery.sources.pickles import PickleFile, read_pickle
 from weightsurgery.sources.safetensors_file import SafetensorsHeader, open_header
 
-__all__ = ["open_index", "read_index"]
+__all__ = ["MAX_INDEX_BYTES", "open_index", "read_index"]
 
 logger = logging.getLogger(__name__)
+
+MAX_INDEX_BYTES = 256 << 20
+"""The largest shard index read (the largest real ones are a few megabytes)."""
 
 
 def read_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
@@ -46,7 +49,8 @@ def read_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
         ``metadata`` object (``{}`` when absent).
 
     Raises:
-        CorruptCheckpointError: the file is not JSON, or not a shard index.
+        CorruptCheckpointError: the file is not JSON, not a shard index, over
+            :data:`MAX_INDEX_BYTES`, or names a shard outside its folder.
 
     Example:
         >>> import tempfile, pathlib, json
@@ -55,9 +59,16 @@ def read_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
         >>> read_index(p)
         ({'w': 'model-00001-of-00001.safetensors'}, {})
     """
+    size = index.stat().st_size
+    if size > MAX_INDEX_BYTES:
+        raise CorruptCheckpointError(
+            f"{index} is {size} bytes, over the {MAX_INDEX_BYTES}-byte limit for a shard index; "
+            "re-download it, or pass a weights file instead",
+            source=index,
+        )
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptCheckpointError(
             f"{index} is not valid JSON ({exc}); re-download it, or pass a weights file instead", source=index
         ) from exc
@@ -70,7 +81,9 @@ def read_index(index: Path) -> tuple[dict[str, str], dict[str, Any]]:
             "pass the weights file (.safetensors, .pth, .bin) or its folder instead",
             source=index,
         )
-    bad = sorted({v for v in weight_map.values() if Path(v).is_absolute() or ".." in Path(v).parts})
+    bad = sorted(
+        {v for v in weight_map.values() if not v.strip(". /") or "\0" in v or Path(v).is_absolute() or ".." in Path(v).parts}
+    )
     if bad:
         raise CorruptCheckpointError(
             f"{index} names shards outside its folder ({', '.join(bad)}); shards must sit beside the index",
@@ -87,7 +100,7 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
         index: the ``*.index.json`` file; shards sit beside it.
         key: a key prefix to select and strip (as for a flat safetensors file),
             or ``None`` for every tensor.
-        weights_only: for pickle shards, see :func:`~weightsurgery.sources.pickles.load_pickle`.
+        weights_only: for pickle shards, see :func:`~weightsurgery.sources.pickles.read_pickle`.
         location: what the user named, for ``origin.location``; defaults to ``index``.
 
     Returns:
@@ -95,7 +108,8 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
 
     Raises:
         SourceNotFoundError: a shard the index names is missing.
-        CorruptCheckpointError: the index or a shard is malformed, or a shard lacks a key.
+        CorruptCheckpointError: the index or a shard is malformed, a shard lacks a key,
+            or a shard resolves (through a symlink) outside the index's folder.
         UnsafeCheckpointError: a pickle shard needs code and ``weights_only`` is true.
         UnknownContainerError: ``key`` is not a key prefix of the checkpoint.
 
@@ -120,11 +134,12 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
             "download every shard beside the index",
             source=index,
         )
+    _check_contained(index, shards)
     headers: list[SafetensorsHeader] = []
-    pickled: list[dict[str, torch.Tensor]] = []
+    pickled: list[PickleFile] = []
     metas: dict[str, TensorMeta] = {}
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
-    holders: dict[str, SafetensorsHeader] = {}  # key -> the header of the shard the index names for it
+    located: dict[str, SafetensorsHeader] = {}  # key -> the safetensors shard it is read from
     lacking: list[str] = []
     try:
         for name in shards:
@@ -133,15 +148,17 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
                 header = open_header(path)
                 headers.append(header)
                 shard_metas, read = header.metas, header.read
-                holders.update({k: header for k in header.metas if weight_map.get(k) == name})
             else:
-                tensors = _pickle_shard(path, weights_only=weights_only)
-                pickled.append(tensors)
-                shard_metas, read = {k: TensorMeta.of(t) for k, t in tensors.items()}, tensors.__getitem__
+                opened = read_pickle(path, weights_only=weights_only)
+                pickled.append(opened)
+                tensors = _pickle_shard(path, opened.obj)
+                shard_metas, read = {k: TensorMeta.of(t) for k, t in tensors.items()}, _reader(tensors, opened)
             for k, meta in shard_metas.items():
                 if weight_map.get(k) == name:
                     metas[k] = meta
                     readers[k] = read
+                    if name.endswith(".safetensors"):
+                        located[k] = headers[-1]
                 else:
                     logger.debug("ignoring %r in shard %s: the index maps it elsewhere or not at all", k, name)
             lacking += [f"{k} (in {name})" for k, shard in weight_map.items() if shard == name and k not in metas]
@@ -172,6 +189,10 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
         original = renames[name]
         return readers[original](original)
 
+    def locate(name: str) -> tuple[SafetensorsHeader, str] | None:
+        original = renames.get(name)
+        return (located[original], original) if original in located else None
+
     logger.debug("opened %d shards of %s: %d tensors", len(shards), index, len(renames))
     return Checkpoint(
         {new: metas[old] for new, old in renames.items()},
@@ -179,13 +200,28 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
         origin,
         metadata=metadata,
         closer=lambda: _close(headers, pickled),
-        locate=lambda name: (holders[renames[name]], renames[name]) if renames[name] in holders else None,
-        owned=safetensors and all(h.fd >= 0 for h in headers),
+        owned=all(opened.lazy for opened in pickled),
+        locate=locate,
     )
 
 
-def _pickle_shard(path: Path, *, weights_only: bool) -> dict[str, torch.Tensor]:
-    obj = load_pickle(path, weights_only=weights_only)
+def _check_contained(index: Path, shards: list[str]) -> None:
+    """Every shard's real path (symlinks resolved) lies in the index's folder, or beside the index's own real file.
+
+    The second place is a Hugging Face cache: a snapshot's files are symlinks into one ``blobs/`` folder.
+    """
+    folders = {index.parent.resolve(), index.resolve().parent}
+    real = {name: (index.parent / name).resolve() for name in shards}
+    outside = [f"{name} -> {path}" for name, path in real.items() if not any(map(path.is_relative_to, folders))]
+    if outside:
+        raise CorruptCheckpointError(
+            f"{index} names shards that resolve outside its folder {index.parent}: {', '.join(outside[:5])}; "
+            "a shard must be a file beside the index, not a link to elsewhere",
+            source=index,
+        )
+
+
+def _pickle_shard(path: Path, obj: object) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise CorruptCheckpointError(
             f"shard {path} holds a {type(obj).__name__}, not a flat state dict; re-download it", source=path
@@ -193,8 +229,15 @@ def _pickle_shard(path: Path, *, weights_only: bool) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
-def _close(headers: list[SafetensorsHeader], pickled: list[dict[str, torch.Tensor]]) -> None:
+def _reader(tensors: dict[str, torch.Tensor], opened: PickleFile) -> Callable[[str], torch.Tensor]:
+    def read(key: str) -> torch.Tensor:
+        return opened.materialize(tensors[key]).detach()
+
+    return read
+
+
+def _close(headers: list[SafetensorsHeader], pickled: list[PickleFile]) -> None:
     for header in headers:
         header.close()
-    for tensors in pickled:
-        tensors.clear()
+    for opened in pickled:
+        opened.close()
