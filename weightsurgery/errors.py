@@ -15,7 +15,9 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     │   ├── SourceSpecError(ValueError)               a source string that does not parse (hf-hub:, URL)
     │   ├── OfflineSourceError(ConnectionError)       offline, unreachable or stalled, and not cached
     │   ├── IntegrityError(ValueError)                a download whose hash does not match
-    │   └── UnsupportedTensorError(TypeError)         a source tensor with no dense values: sparse, meta, complex into real
+    │   ├── UnsupportedTensorError(TypeError)         a source tensor with no dense values: sparse, meta, complex into real
+    │   ├── MissingExtraError(ImportError)            a format whose reader needs an extra; names it
+    │   └── UnsupportedFormatError(ValueError)        a format no reader takes (TF checkpoints); says how to convert
     ├── PlanError(ValueError)                         a plan that does not fit the target
     │   ├── ShapeMismatchError                        on_mismatch="error" and shapes differ
     │   └── SharedMemoryConflictError                 two target tensors share memory but would get different values
@@ -57,6 +59,7 @@ __all__ = [
     "InitSpecMismatchError",
     "InputMemoryError",
     "IntegrityError",
+    "MissingExtraError",
     "ModuleProtocolError",
     "OfflineSourceError",
     "OutputExistsError",
@@ -73,6 +76,7 @@ __all__ = [
     "TargetError",
     "UnknownContainerError",
     "UnknownSourceError",
+    "UnsupportedFormatError",
     "UnsafeCheckpointError",
     "UnsupportedTensorError",
     "WeightSurgeryError",
@@ -192,6 +196,22 @@ class UnsupportedTensorError(SourceError, TypeError):
     def __init__(self, message: str, *, source: object = None, key: str = "") -> None:
         super().__init__(message, source=source)
         self.key = key
+
+
+class MissingExtraError(SourceError, ImportError):
+    """A file whose reader needs a library that is not installed.
+
+    Attributes:
+        extra: the ``weightsurgery[...]`` extra that installs it.
+    """
+
+    def __init__(self, message: str, *, source: object = None, extra: str = "") -> None:
+        super().__init__(message, source=source)
+        self.extra = extra
+
+
+class UnsupportedFormatError(SourceError, ValueError):
+    """A file in a format no reader takes (a TensorFlow checkpoint); the message says how to convert it."""
 
 
 class PlanError(WeightSurgeryError, ValueError):

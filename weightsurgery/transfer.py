@@ -245,6 +245,12 @@ def _plan(
     rules.check({k: target.tensors[k] for k in init_keys})
 
     notes = _check_coverage(the_plan, target, checkpoint, min_coverage)
+    if checkpoint.metadata.get("epsilon"):  # another framework's normalizations (Keras uses 1e-3)
+        from weightsurgery.match.frameworks import epsilon_notes
+
+        for note in epsilon_notes(the_plan, module, checkpoint.metadata):
+            warn_user(note)
+            notes.append(note)
     if dry_run:  # values are not read on a dry run: say what apply will check
         notes += overlap_notes(module, target, the_plan)
     if strict:

@@ -186,6 +186,13 @@ def make_plan(
             named, source, target, exclude=excluded, opted_in=options.strategies is not None,
             evidence={**named, **deferred},  # a name refused for its size contradicts, whoever filled the key later
         ))
+    if metadata.get("framework"):  # another framework's checkpoint: undecided layouts are never copied
+        from weightsurgery.match.frameworks import framework_layouts
+
+        relaid = framework_layouts({k: decided.get(k) or deferred.get(k) or PlanEntry(
+            k, Action.INIT, evidence=claims.reasons.get(k, "no candidate in the source")) for k in target.tensors}, metadata)
+        every_source_read = every_source_read and not any(e.action is Action.INIT for e in relaid.values())
+        decided.update(relaid)
     if claims.mismatches:
         from weightsurgery.report import IncorrectShape
 

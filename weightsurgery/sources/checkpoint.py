@@ -53,6 +53,10 @@ class SourceKind(str, enum.Enum):
     TORCHVISION = "torchvision"
     TIMM = "timm"
     DCP = "dcp"
+    KERAS = "keras"
+    FLAX = "flax"
+    ONNX = "onnx"
+    GGUF = "gguf"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ A file is opened by what it is:
 * ``*.index.json`` (or any ``.json``): a shard index, see :mod:`~weightsurgery.sources.sharded`.
 * ``.safetensors``, or any file whose bytes start like one: see
   :mod:`~weightsurgery.sources.safetensors_file`.
+* ``.keras .h5 .onnx .msgpack .npz .gguf``: another framework's file, see
+  :mod:`~weightsurgery.sources.frameworks` (TensorFlow files are refused with how to convert them).
 * anything else (``.pth .pt .bin .ckpt``...): a torch pickle, see
   :mod:`~weightsurgery.sources.pickles`.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from weightsurgery.errors import AmbiguousContainerError, CorruptCheckpointError, SourceNotFoundError
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 from weightsurgery.sources.dcp import is_dcp_folder, open_dcp
+from weightsurgery.sources.frameworks import check_folder, open_framework
 from weightsurgery.sources.pickles import open_pickle
 from weightsurgery.sources.safetensors_file import open_safetensors
 from weightsurgery.sources.sharded import open_index, read_index
@@ -90,6 +93,7 @@ def open_path(path: Path, *, key: str | None, weights_only: bool) -> Checkpoint:
         return _open_file(path, key=key, weights_only=weights_only, location=str(path))
     if is_dcp_folder(path):  # torch.distributed.checkpoint.save wrote it
         return open_dcp(path, key=key)
+    check_folder(path)
     chosen = choose_file(path)
     logger.info("using %s from folder %s", chosen.name, path)
     ckpt = _open_file(chosen, key=key, weights_only=weights_only, location=str(path))
@@ -163,6 +167,9 @@ def _open_file(path: Path, *, key: str | None, weights_only: bool, location: str
         return open_index(path, key=key, weights_only=weights_only, location=location)
     if _is_safetensors(path):
         return open_safetensors(path, key=key, location=location)
+    other = open_framework(path, location=location)  # Keras, ONNX, Flax, GGUF; imports nothing for a pickle
+    if other is not None:
+        return other
     return open_pickle(path, key=key, weights_only=weights_only, location=location)
 
 

@@ -32,7 +32,8 @@ from weightsurgery.sources.checkpoint import Checkpoint
 
 __all__ = ["SourceForm", "classify", "resolve"]
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".json")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".json",
+                       ".keras", ".h5", ".hdf5", ".onnx", ".msgpack", ".npz", ".gguf")
 
 
 class SourceForm(str, enum.Enum):
