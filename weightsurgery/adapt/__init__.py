@@ -14,7 +14,11 @@ name                module                       what it does
 ``transpose``       :mod:`.transpose`            ``Conv1D <-> Linear`` (and any permutation)
 ``reshape``         :mod:`.transpose`            equal element count, only by explicit rule
 ``squeeze``         :mod:`.squeeze`              add / drop size-1 dims (``(C, 1, 1) <-> (C,)``), lossless
+``rope``            :mod:`.layouts`              llama.cpp's rotary q/k row order -> Hugging Face's
 ==================  ===========================  ==================================================
+
+:mod:`.layouts` also holds the other frameworks' layout conversions (HWIO convs,
+``(in, out)`` Dense, depthwise, gates, NHWC flatten) that their readers apply.
 
 The planner calls :func:`propose_adapter` for a name-matched pair whose shapes
 differ (``on_mismatch="adapt"``) and :func:`match_rule` for explicit
@@ -33,6 +37,7 @@ from __future__ import annotations
 from weightsurgery.adapt.channels import adapt_input_channels as adapt_input_channels
 from weightsurgery.adapt.fuse import fuse_parts as fuse_parts
 from weightsurgery.adapt.fuse import split_part as split_part
+from weightsurgery.adapt import layouts as layouts  # registers "rope"
 from weightsurgery.adapt.head import head_rows as head_rows
 from weightsurgery.adapt.head import select_rows as select_rows
 from weightsurgery.adapt.patchembed import resample_patch_kernel as resample_patch_kernel

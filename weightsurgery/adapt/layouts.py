@@ -13,7 +13,7 @@ layout                 from                                        to (PyTorch)
                        ``MatMul`` / ``Gemm(transB=0)``)
 ``conv``               ``(*spatial, in/groups, out)`` (HWIO)       ``(out, in/groups, *spatial)``
 ``conv_transpose``     Keras ``(*spatial, out, in)``               ``(in, out, *spatial)``
-``conv_transpose_io``  Flax ``(*spatial, in, out)``                ``(in, out, *spatial)``
+``conv_transpose_io``  Flax ``(*spatial, in, out)``                ``(in, out, *spatial)``, flipped
 ``depthwise``          ``(*spatial, in, mult)``                    ``(in*mult, 1, *spatial)``
 ``heads_in``           Flax attention ``(D, heads, head_dim)``     ``(heads*head_dim, D)``
 ``heads_out``          Flax attention ``(heads, head_dim, D)``     ``(D, heads*head_dim)``
@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from weightsurgery.adapt.registry import one_tensor, register_adapter
 from weightsurgery.errors import AdapterError
 
 __all__ = ["LAYOUTS", "Layout", "flatten_permutation", "out_shape", "reorder_gates", "rope_unpermute", "to_torch"]
@@ -82,6 +83,12 @@ def _last_two_first(t: Tensor, name: str, swap: bool = True) -> Tensor:
     _rank(t, 3, name, at_least=True)
     n = t.dim()
     return t.permute(n - 1, n - 2, *range(n - 2)) if swap else t.permute(n - 2, n - 1, *range(n - 2))
+
+
+def _conv_transpose_io(t: Tensor, flip: bool) -> Tensor:
+    """Flax ``(*k, in, out)`` -> ``(in, out, *k)``; ``flip``: Flax's default does not flip the kernel, torch's does."""
+    out = _last_two_first(t, "conv_transpose_io", swap=False)
+    return out.flip(tuple(range(2, out.dim()))) if flip else out
 
 
 def _depthwise(t: Tensor) -> Tensor:
@@ -173,6 +180,15 @@ def rope_unpermute(t: Tensor, *, heads: int) -> Tensor:
     return t.reshape(heads, rows // heads // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest)
 
 
+@register_adapter("rope")
+def _rope(tensors: Sequence[Tensor], target_shape: tuple[int, ...], *, heads: int) -> Tensor:
+    """llama.cpp's rotary row order of a q/k projection -> Hugging Face's (rotate-half) order.
+
+    Options: ``heads``, the projection's number of heads (``n_head`` for q, ``n_head_kv`` for k).
+    """
+    return rope_unpermute(one_tensor(tensors, "rope"), heads=heads).contiguous()
+
+
 def _rank(t: Tensor, rank: int, name: str, *, at_least: bool = False) -> None:
     if (t.dim() < rank) if at_least else (t.dim() != rank):
         raise AdapterError(f"layout {name} needs a {rank}{'+' if at_least else ''}-d tensor, got {tuple(t.shape)}")
@@ -183,7 +199,7 @@ _FUNCTIONS = {
     "dense": _dense,
     "conv": lambda t: _last_two_first(t, "conv"),  # (*k, in, out) -> (out, in, *k)
     "conv_transpose": lambda t: _last_two_first(t, "conv_transpose"),  # (*k, out, in) -> (in, out, *k)
-    "conv_transpose_io": lambda t: _last_two_first(t, "conv_transpose_io", swap=False),  # (*k, in, out)
+    "conv_transpose_io": lambda t, flip=False: _conv_transpose_io(t, flip),
     "depthwise": _depthwise,
     "heads_in": _heads_in,
     "heads_out": _heads_out,

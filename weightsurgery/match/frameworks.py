@@ -58,7 +58,8 @@ def framework_layouts(decided: Mapping[str, PlanEntry], metadata: Mapping[str, A
             out[key] = replace(e, evidence="; ".join([e.evidence, note]).strip("; "))
         if e.action not in (Action.LOAD, Action.ADAPT):
             continue
-        refused = [s for s in e.source_keys if s in undecided]
+        resolved = (metadata.get("resolvable") or {}).get(e.source or "", {}).get("adapter")
+        refused = [s for s in e.source_keys if s in undecided and not (e.strategy == "aliases" and resolved)]
         if refused:
             out[key] = replace(
                 e, action=Action.INIT, adapter=None, adapter_args={},
@@ -97,7 +98,8 @@ def epsilon_notes(plan: Plan, model: nn.Module, metadata: Mapping[str, Any]) -> 
         if e.action not in (Action.LOAD, Action.ADAPT) or e.source not in source_eps:
             continue
         owner = key.rpartition(".")[0]
-        eps = getattr(modules.get(owner), "eps", None)
+        module = modules.get(owner)
+        eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
         if isinstance(eps, float) and abs(eps - source_eps[e.source]) > 1e-12:
             names = differ.setdefault((eps, source_eps[e.source]), [])
             if owner not in names:
