@@ -316,7 +316,13 @@ def _read_all(ckpt: Checkpoint, progress: Callable[[int, int], None] | None) -> 
     canonical = alias_map(ckpt.metadata.get("tied", ()))
     tensors: dict[str, torch.Tensor] = {}
     total = len(ckpt)
+    undecided = ckpt.metadata.get("undecided") or {}  # another framework's tensors of unknown layout
+    if undecided:
+        logger.warning("%s: %d tensors of undecided layout are not written (%s: %s)", ckpt.origin.describe(),
+                       len(undecided), next(iter(undecided)), next(iter(undecided.values())))
     for i, name in enumerate(ckpt.keys()):
+        if name in undecided:
+            continue
         kept = canonical.get(name)
         if kept in tensors:
             tensors[name] = tensors[kept]

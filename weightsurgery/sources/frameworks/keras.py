@@ -43,9 +43,17 @@ def open_keras(path: Path, *, location: str) -> Checkpoint:
         CorruptCheckpointError: not a Keras file.
 
     Example:
-        >>> import os, tempfile
-        >>> os.environ.setdefault("KERAS_BACKEND", "jax")  # doctest: +SKIP
-        >>> # open_keras(Path("model.keras"), location="model.keras").keys()   # see tests/sources/frameworks
+        >>> import json, tempfile, h5py, numpy as np
+        >>> path = Path(tempfile.mkdtemp()) / "dense.h5"   # the legacy layout Keras writes for model.save("x.h5")
+        >>> with h5py.File(path, "w") as f:
+        ...     f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": [
+        ...         {"class_name": "Dense", "config": {"name": "fc", "units": 3}}]}})
+        ...     g = f.create_group("model_weights/fc")
+        ...     g.attrs["weight_names"] = ["fc/kernel:0"]
+        ...     _ = g.create_dataset("fc/kernel:0", data=np.zeros((4, 3), np.float32))   # Dense: (in, out)
+        >>> ckpt = open_keras(path, location=str(path))
+        >>> ckpt.keys(), ckpt.metas["fc.weight"].shape, ckpt.metadata["layouts"]["fc.weight"]["layout"]
+        (['fc.weight'], (3, 4), 'dense')
     """
     h5py = require("h5py", "keras", path)
     closers: list[Any] = []

@@ -186,9 +186,11 @@ def key_for(name: str, uses: Sequence[Use], taken: set[str], torch_made: bool = 
             by_role.setdefault(f"{u.module}.{u.role}", []).append(u)
     if _named(name, torch_made):
         primary = clean(name)
-        module = primary.rpartition(".")[0]
-        extra = {k: v for k, v in by_role.items() if k != primary and k not in taken
-                 and (k.rpartition(".")[0] != module or v[0].role != primary.rpartition(".")[2])}
+        leaf = primary.rpartition(".")[2]
+        groups = list(by_role.items())
+        main = next((k for k, v in groups if k == primary), None) or next(
+            (k for k, v in groups if v[0].role == leaf), None) or (groups[0][0] if groups else None)
+        extra = {k: v for k, v in groups if k != main and k != primary and k not in taken}  # one tensor, two roles
         mine = [u for u in uses if not any(u in v for v in extra.values())]
         return [(primary, mine or list(uses)), *extra.items()]
     out: list[tuple[str, list[Use]]] = []
