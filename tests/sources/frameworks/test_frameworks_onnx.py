@@ -270,3 +270,26 @@ def test_onnx_anonymous_initializers_named_by_their_node(tmp_path: Path) -> None
     report = transfer(path, target)
     assert len(report.mapping) == 4
     _same_outputs(target, path, np.random.default_rng(5).normal(size=(2, 3, 8, 8)).astype(np.float32))
+
+
+class Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(8, 5, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(self.lstm(x)[0])[0]
+
+
+@pytest.mark.slow  # torch.onnx.export
+def test_onnx_lstm_and_gru_operators(framework_dir: Path) -> None:
+    """torch.onnx.export writes ONNX LSTM/GRU nodes: stacked directions, ONNX gate order, anonymous names."""
+    path = _export(Recurrent().eval(), (torch.randn(2, 5, 3),), framework_dir / "recurrent.onnx")
+    with resolve(path) as ckpt:
+        assert ckpt.metadata["layouts"]["lstm.weight_hh_l1_reverse"]["args"] == {"order": "iofc", "to": "ifco"}
+        assert ckpt.metadata["skipped"] and not ckpt.metadata["undecided"]  # initial states are not weights
+    target = Recurrent().eval()
+    report = transfer(path, target)
+    assert len(report.mapping) == len(target.state_dict()) and not report.unused
+    _same_outputs(target, path, np.random.default_rng(6).normal(size=(2, 5, 3)).astype(np.float32))

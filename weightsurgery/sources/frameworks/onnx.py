@@ -12,6 +12,8 @@ floating-point initializer's layout comes from its uses (subgraphs of ``If`` and
 * a ``MatMul``/``Gemm`` whose input is a ``Flatten`` of a ``Transpose`` to
   channels-last (what Keras converters write) gets its rows permuted to
   PyTorch's ``(C, H, W)`` flatten order, the map's shape from ONNX shape inference;
+* ``LSTM``/``GRU``/``RNN``: ``W``, ``R``, ``B`` split per direction and gate-reordered
+  to ``nn.LSTM``/``nn.GRU``'s tensors (:mod:`.onnx_rnn`);
 * ``BatchNormalization``, ``LayerNormalization``, ``PRelu`` (a ``(1, C, 1, 1)``
   slope becomes ``(C,)``), ``Gather`` (an embedding table);
 * any other use: a 1-D tensor has one layout; in a file that PyTorch exported
@@ -34,6 +36,7 @@ from weightsurgery.errors import CorruptCheckpointError
 from weightsurgery.sources.checkpoint import Checkpoint, Origin, SourceKind
 from weightsurgery.sources.frameworks._build import SourceTensor, build_checkpoint, numpy_dtype
 from weightsurgery.sources.frameworks._lazy import require
+from weightsurgery.sources.frameworks.onnx_rnn import RNN_OPS, rnn_tensors
 from weightsurgery.sources.frameworks.onnx_uses import Use, collect_uses, decide, key_for
 
 __all__ = ["open_onnx"]
@@ -88,6 +91,17 @@ def open_onnx(path: Path, *, location: str) -> Checkpoint:
         shape = tuple(int(d) for d in init.dims)
         read = (lambda t=init: numpy_helper.to_array(t, base))
         found: list[Use] = uses.get(name, [])
+        if found and all(u.op in RNN_OPS and u.index in (4, 5, 6) for u in found):
+            skipped.append(name)  # sequence lengths, initial hidden and cell states: not weights
+            continue
+        rnn = [u for u in found if u.op in RNN_OPS and u.index in (1, 2, 3) and len(shape) in (2, 3)]
+        if rnn and len(rnn) == len(found):  # LSTM/GRU/RNN weights: one PyTorch tensor per direction (and bias)
+            u = rnn[0]
+            for key, raw, part, layout, reason in rnn_tensors(u.op, u.module, u.ordinal, u.index, shape, u.attrs,
+                                                              read, f"onnx {u}"):
+                taken.add(key)
+                tensors.append(SourceTensor(key, name, raw, numpy_dtype(dtype), part, layout, reason))
+            continue
         for key, use_list in key_for(name, found, taken, torch_made):
             layout, reason = decide(name, shape, use_list, torch_made, shapes.shape_of)
             taken.add(key)

@@ -46,6 +46,7 @@ class Use:
     attrs: Mapping[str, Any] = field(default_factory=dict)
     transposed: tuple[int, ...] | None = None
     flattened: str | None = None  # the channels-last value a Flatten before this MatMul/Gemm flattened
+    ordinal: int = 0  # how many nodes of this type came before it in its module (a recurrent layer's index)
 
     @property
     def role(self) -> str | None:
@@ -112,10 +113,13 @@ def collect_uses(graph: Any, names: set[str]) -> dict[str, list[Use]]:
             perm = tuple(_attrs(node).get("perm", ())) if node.op_type == "Transpose" else None
             passthrough[node.output[0]] = (node.input[0], perm)
     uses: dict[str, list[Use]] = {}
+    seen: dict[tuple[str, str], int] = {}
     for node in nodes:
         if node.op_type in ("Transpose", "Identity", "Cast") and node.output and node.output[0] in passthrough:
             continue
         attrs, module = _attrs(node), node_module(node)
+        ordinal = seen.get((module, node.op_type), 0)
+        seen[(module, node.op_type)] = ordinal + 1
         for index, value in enumerate(node.input):
             if value in names:
                 name, perm = value, None
@@ -124,7 +128,7 @@ def collect_uses(graph: Any, names: set[str]) -> dict[str, list[Use]]:
             else:
                 continue
             flat = _flattened(node, producers) if node.op_type in ("MatMul", "Gemm") and index == 1 else None
-            uses.setdefault(name, []).append(Use(node.op_type, node.name, module, index, attrs, perm, flat))
+            uses.setdefault(name, []).append(Use(node.op_type, node.name, module, index, attrs, perm, flat, ordinal))
     return uses
 
 
