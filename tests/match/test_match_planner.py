@@ -198,7 +198,7 @@ def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatc
     import weightsurgery.match.planner as planner
 
     seen: dict[str, list[int]] = {}  # strategy -> the open keys (targets + sources) it was given, per call
-    for name, (module, attr) in planner._OPTIONAL.items():  # wrappers, fused, recurrent, suffix, structure
+    for name, (module, attr) in planner._OPTIONAL.items():  # aliases, wrappers, fused, recurrent, suffix, structure
         real = getattr(importlib.import_module(module), attr)
 
         def counting(ctx, real=real, name=name):  # type: ignore[no-untyped-def]
@@ -248,7 +248,7 @@ def test_later_strategies_are_not_called_once_names_explain_every_key(monkeypatc
     # the later strategies ran, once each, and saw only the new layer's two keys (no source is left);
     # suffix then closes them (their siblings loaded under a rename that the source lacks for them)
     related = seen.pop("related")
-    assert set(seen) == {"wrappers", "fused", "recurrent", "suffix"} and all(calls == [2] for calls in seen.values())
+    assert set(seen) == {"aliases", "wrappers", "fused", "recurrent", "suffix"} and all(calls == [2] for calls in seen.values())
     assert related == [6]  # the plan has an open key, so relatedness is weighed, once
 
 

@@ -5,8 +5,8 @@ Strategies run in this order, each on the keys still open:
 1. ``explicit``  the user's exact ``key_map={target_key: source_key}``
 2. ``rename``    the user's regex rules ``rename={pattern: replacement}``, then an exact match
 3. ``exact``     same name
-   ``aliases``   the names other libraries give a source's tensors (a GGUF file's ``gguf`` tensor map)
 4. ``prefix``    a wrapper prefix stripped or added, per subtree
+   ``aliases``   the names other libraries give a source's tensors (a GGUF file's ``gguf`` tensor map)
 5. ``wrappers``  wrapper components at any depth (``_orig_mod``, ``_checkpoint_wrapped_module``, PEFT's ``base_layer``)
 6. ``fused``     separate ``q,k,v`` to and from a fused ``qkv`` (and gate/up)
 7. ``recurrent`` a multi-layer ``LSTM``/``GRU``/``RNN`` to and from one module or cell per layer
@@ -56,8 +56,8 @@ STRATEGIES: tuple[str, ...] = (
     "explicit",
     "rename",
     "exact",
-    "aliases",
     "prefix",
+    "aliases",
     "wrappers",
     "fused",
     "recurrent",
