@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 _SHAPE, _ACTION = operator.attrgetter("shape"), operator.attrgetter("action")
 _SOURCE, _SOURCES = operator.attrgetter("source"), operator.attrgetter("sources")
 _READS = frozenset({Action.LOAD, Action.ADAPT})  # the actions that read a source tensor
+#: Strategies whose pair is the two sides' names meaning the same tensor (the user's, or a trusted wrapper prefix).
+_NAMING = frozenset({"explicit", "rename", "exact", "prefix", "wrappers"})
 
 
 #: Built-in strategies by name, in the order they run. Optional ones are imported lazily.
@@ -176,6 +178,8 @@ def make_plan(
             ctx.open_targets = [t for t in ctx.open_targets if t in open_t] if open_t else []
             ctx.open_sources = [s for s in ctx.open_sources if s in open_s] if open_s else []
 
+    if claims.deferred:
+        claims.revoke_moved_names()
     decided, deferred = claims.decided, claims.deferred
     named = {**{k: e for k, e in deferred.items() if k not in decided}, **decided} if deferred else decided
     relaid = check_layout(named, target, options.on_mismatch, (m.shape for m in source.values()), reshaped=claims.reshaped)
@@ -271,6 +275,39 @@ class _Claims:
                     self.decided[a.target] = PlanEntry(a.target, Action.INIT, strategy=a.strategy, evidence=a.reason)
                     open_t.discard(a.target)
         return (len(self.open_t), len(self.open_s)) != closed
+
+    def revoke_moved_names(self) -> None:
+        """Unload a source key refused by name for one key and loaded into another while its own key stays empty.
+
+        A name strategy's pair refused for its shape says which key the
+        source *is*. A later strategy may move it to another key only where
+        the layout reuses names (an old layout's ``conv.3`` is the new
+        ``conv.1.0``): then the name's own key is filled from another source.
+        Where that key stays empty, nothing explains the move: the source is
+        that key's counterpart, and the other key is kept (issue 9: never
+        silently wrong). Runs need nothing here: they decide into
+        :attr:`decided` like single matches.
+        """
+        decided = self.decided
+        counterpart = {
+            e.source: key for key, e in self.deferred.items()
+            if e.strategy in _NAMING and e.source and not (key in decided and decided[key].action in _READS)
+        }
+        if not counterpart:
+            return
+        for key, e in list(decided.items()):
+            if e.action not in _READS:
+                continue
+            named = next((counterpart[s] for s in (e.sources or (e.source,)) if s in counterpart and counterpart[s] != key), None)
+            if named is None:
+                continue
+            decided[key] = PlanEntry(key, Action.INIT, strategy=e.strategy, evidence=(
+                f"not loaded: {e.strategy} paired it with {e.source}, but that is the name counterpart of {named}, "
+                f"refused for its shape ({self.deferred[named].evidence}), and nothing else fills {named}; "
+                "map it explicitly with key_map= if it is right"
+            ))
+            self.filled -= 1
+            self.every_source_read = False
 
     def _run(self, run: MatchRun) -> None:
         """Plain copies in bulk: same-shaped pairs of open keys load; any other pair takes the general path.

@@ -25,6 +25,7 @@ __all__ = [
     "alpha_stem",
     "concepts",
     "index_agreement",
+    "known_roles",
     "leaf_role",
     "name_similarity",
     "numeric_components",
@@ -245,6 +246,16 @@ def alpha_stem(name: str) -> str:
         False
     """
     return re.sub(r"\d+", "#", name)
+
+
+def known_roles() -> frozenset[str]:
+    """The roles :func:`leaf_role` knows names for (``weight``, ``bias``, ``running_mean``...).
+
+    Example:
+        >>> sorted(known_roles())[:2]
+        ['bias', 'num_batches_tracked']
+    """
+    return frozenset(_LEAF_ROLES.values())
 
 
 def leaf_role(leaf: str) -> str:

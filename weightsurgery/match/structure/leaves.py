@@ -12,7 +12,10 @@ step only where it is unambiguous:
 4. a strictly best name similarity, one to one.
 
 A named pair whose shapes differ is contradictory evidence: the modules are
-not paired at all.
+not paired at all. Steps 3 and 4 never pair two leaves whose names both
+have a known role and the roles differ (a ``bias`` into a ``weight``, a
+``running_mean`` into a ``weight``): the names contradict, and a shape
+alone is no evidence against them (:func:`roles_contradict`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from weightsurgery.match.structure.groups import Group
-from weightsurgery.match.tokens import leaf_role, name_similarity
+from weightsurgery.match.tokens import known_roles, leaf_role, name_similarity
 
-__all__ = ["counterpart", "pair_leaves"]
+__all__ = ["counterpart", "pair_leaves", "roles_contradict"]
 
 LeafPair = tuple[str, str, str]  # target key, source key, rename note ("" if same leaf name)
+_KNOWN_ROLES = known_roles()
 _Pairing = Callable[[Group, Group, list[str], list[str]], list[tuple[str, str]]]
 
 
@@ -68,6 +72,11 @@ def pair_leaves(t: Group, s: Group) -> list[LeafPair] | str:
             return problem
     take(_unique_shape)
     take(_best_names)
+    if t_left and any(roles_contradict(a, b) for a in t_left for b in s_left if t.shapes[a] == s.shapes[b]):
+        return (
+            f"{', '.join(t.leaves[a] for a in t_left)} and {', '.join(s.leaves[b] for b in s_left)} "
+            "share shapes but their names say different roles"
+        )
     if t_left:
         return (
             f"cannot tell {', '.join(t.leaves[a] for a in t_left)} from "
@@ -100,8 +109,21 @@ def counterpart(leaf: str, t: Group, s: Group) -> str | None:
         if b == leaf or leaf_role(b) == leaf_role(leaf):
             return key
     shape = t.shapes.get(leaf)
-    same = [key for b, key in s.leaves.items() if s.shapes[b] == shape]
+    same = [key for b, key in s.leaves.items() if s.shapes[b] == shape and not roles_contradict(leaf, b)]
     return same[0] if len(same) == 1 else None
+
+
+def roles_contradict(a: str, b: str) -> bool:
+    """Whether leaf names ``a`` and ``b`` both name a known role (:func:`~weightsurgery.match.tokens.leaf_role`) and differ.
+
+    An unknown name (``cls_token``, ``w``) has no role to contradict: only its shape speaks for it.
+
+    Example:
+        >>> roles_contradict("bias", "weight"), roles_contradict("beta", "bias"), roles_contradict("w", "weight")
+        (True, False, False)
+    """
+    ra, rb = leaf_role(a), leaf_role(b)
+    return ra != rb and ra in _KNOWN_ROLES and rb in _KNOWN_ROLES
 
 
 def _leaf(key: str) -> str:
@@ -128,7 +150,7 @@ def _unique_shape(t: Group, s: Group, a: list[str], b: list[str]) -> list[tuple[
     for x in a:
         ours = [y for y in a if t.shapes[y] == t.shapes[x]]
         theirs = [y for y in b if s.shapes[y] == t.shapes[x]]
-        if len(ours) == 1 and len(theirs) == 1:
+        if len(ours) == 1 and len(theirs) == 1 and not roles_contradict(x, theirs[0]):
             out.append((x, theirs[0]))
     return out
 
@@ -136,7 +158,8 @@ def _unique_shape(t: Group, s: Group, a: list[str], b: list[str]) -> list[tuple[
 def _best_names(t: Group, s: Group, a: list[str], b: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for x in a:
-        scores = sorted(((name_similarity(x, y), y) for y in b if s.shapes[y] == t.shapes[x]), reverse=True)
+        same = (y for y in b if s.shapes[y] == t.shapes[x] and not roles_contradict(x, y))
+        scores = sorted(((name_similarity(x, y), y) for y in same), reverse=True)
         if scores and scores[0][0] > 0 and (len(scores) == 1 or scores[1][0] < scores[0][0]):
             out.append((x, scores[0][1]))
     if len({y for _, y in out}) != len(out):
