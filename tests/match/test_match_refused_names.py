@@ -55,3 +55,14 @@ def test_the_rest_still_loads_beside_a_refused_name() -> None:
     assert plan.mapping == {k: f"model.{k}" for k in ("bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked")}
     assert plan.entries["bn.weight"].action is Action.INIT and "shape mismatch" in plan.entries["bn.weight"].evidence
     assert plan.entries["fc.weight"].action is Action.INIT and plan.unused == ("model.bn.weight",)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_a_module_pair_resting_on_a_refused_name_loads_nothing(prefix: str) -> None:
+    # 1 (a LayerNorm) is sent with a 2-d weight: it now looks like the Linear 0, and structure pairs 0 <- 1.
+    # 1.weight is 1.weight's name counterpart and nothing else fills 1.weight: neither tensor of 1 moves to 0.
+    net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    source = {f"{prefix}1.weight": TensorMeta((2, 2), torch.float32), f"{prefix}1.bias": TensorMeta((2,), torch.float32)}
+    plan = make_plan(source, TargetSpec.from_module(net))
+    assert plan.mapping == {} and set(plan.unused) == set(source)
+    assert "name counterpart of 1.weight" in plan.entries["0.bias"].evidence

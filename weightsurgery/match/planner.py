@@ -295,16 +295,23 @@ class _Claims:
         }
         if not counterpart:
             return
-        for key, e in list(decided.items()):
-            if e.action not in _READS:
-                continue
-            named = next((counterpart[s] for s in (e.sources or (e.source,)) if s in counterpart and counterpart[s] != key), None)
-            if named is None:
+        spec = self.target.tensors
+        moved: dict[tuple[str | None, str, str], str] = {}  # (strategy, target module, source module) -> the name
+        for key, e in decided.items():
+            if e.action in _READS:
+                named = next((counterpart[s] for s in (e.sources or (e.source,)) if s in counterpart and counterpart[s] != key), None)
+                if named is not None:
+                    moved[e.strategy, spec[key].module, (e.source or "").rpartition(".")[0]] = named
+        if not moved:
+            return
+        for key, e in list(decided.items()):  # the module pair goes with its tensor: its alignment rested on it
+            named = moved.get((e.strategy, spec[key].module, (e.source or "").rpartition(".")[0]))
+            if named is None or e.action not in _READS:
                 continue
             decided[key] = PlanEntry(key, Action.INIT, strategy=e.strategy, evidence=(
-                f"not loaded: {e.strategy} paired it with {e.source}, but that is the name counterpart of {named}, "
-                f"refused for its shape ({self.deferred[named].evidence}), and nothing else fills {named}; "
-                "map it explicitly with key_map= if it is right"
+                f"not loaded: {e.strategy} paired its module with {e.source.rpartition('.')[0]}, but that holds the "
+                f"name counterpart of {named}, refused for its shape ({self.deferred[named].evidence}), and nothing "
+                f"else fills {named}; map it explicitly with key_map= if it is right"
             ))
             self.filled -= 1
             self.every_source_read = False
