@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 #: imported only when a source, target, recipe or the CLI's rendering calls for them.
-HEAVY = ("timm", "torchvision", "huggingface_hub", "transformers", "peft", "rich", "yaml")
+HEAVY = ("timm", "torchvision", "huggingface_hub", "transformers", "peft", "rich", "yaml", "safetensors.torch")
 
 
 def _loaded_after(code: str, watch: tuple[str, ...]) -> list[str]:

@@ -228,7 +228,7 @@ def _deep_pickle(path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["inspect", "convert", "diff", "plan"])
-@pytest.mark.parametrize("source", ["hf-hub:org/repo/../../x.safetensors"])
+@pytest.mark.parametrize("source", ["deep.pth", "hf-hub:org/repo/../../x.safetensors"])
 def test_a_hostile_source_is_a_user_error_naming_it(tmp_path: Path, monkeypatch, capsys, command: str, source: str):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the traversal is refused before any request
