@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -47,6 +48,14 @@ if "huggingface_hub.constants" in sys.modules:  # imported before this file: the
         "a plugin or an earlier conftest imports it (or timm) at startup"
     )
 
+
+# The Ctrl-C tests (tests/apply/test_apply_commit.py, the fault property, tests/cli's paused runs)
+# need SIGINT to raise KeyboardInterrupt, here and in the processes they start. A shell that
+# starts the suite in the background without job control (`pytest &`, nohup, some CI runners)
+# sets SIGINT to "ignore", and an ignored signal stays ignored in every child: put Python's
+# own handler back, as an interactive run has it (children then start with the default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     HUB.close()
