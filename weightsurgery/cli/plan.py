@@ -12,9 +12,10 @@ from weightsurgery.cli._ui import UI
 from weightsurgery.errors import CLIError
 
 if TYPE_CHECKING:
+    from weightsurgery._io import AtomicOutputs
     from weightsurgery.report import Report
 
-__all__ = ["EPILOG", "HELP", "add_arguments", "run", "show_report"]
+__all__ = ["EPILOG", "HELP", "add_arguments", "run", "show_report", "write_plan_outputs"]
 
 HELP = "dry run: print the plan (loaded, adapted, initialized, ambiguous, unused) and the coverage"
 EPILOG = """\
@@ -40,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ui: UI) -> int:
-    from weightsurgery.report_html import render_html
     from weightsurgery.transfer import transfer
 
     if args.save_mapping is not None and args.html is not None and args.save_mapping.resolve() == args.html.resolve():
@@ -50,14 +50,21 @@ def run(args: argparse.Namespace, ui: UI) -> int:
     kwargs = transfer_kwargs(args)
     report = transfer(args.src, args.target, dry_run=True, quiet=ui.quiet, **kwargs)
     with output_group(force=args.force) as group:  # --save-mapping and --html: both written, or neither
-        if args.save_mapping is not None:
-            group.write_text(args.save_mapping, report.plan.to_json())
-        if args.html is not None:
-            group.write_text(args.html, render_html(report, target=args.target))
+        write_plan_outputs(group, args, report)
     if args.html is not None:
         ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, mapping=args.save_mapping)
     return 0
+
+
+def write_plan_outputs(group: AtomicOutputs, args: argparse.Namespace, report: Report) -> None:
+    """Add ``--save-mapping`` and ``--html`` (where given) to an output group (``plan`` and ``transfer``)."""
+    from weightsurgery.report_html import render_html
+
+    if args.save_mapping is not None:
+        group.write_text(args.save_mapping, report.plan.to_json())
+    if args.html is not None:
+        group.write_text(args.html, render_html(report, target=args.target))
 
 
 def show_report(report: Report, ui: UI, *, output: Path | None = None, mapping: Path | None = None) -> None:

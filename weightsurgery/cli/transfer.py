@@ -8,7 +8,7 @@ from pathlib import Path
 from weightsurgery.cli._options import add_source_options, add_target_options, add_transfer_options, check_output
 from weightsurgery.cli._options import output_group, transfer_kwargs
 from weightsurgery.cli._ui import UI, human_bytes
-from weightsurgery.cli.plan import show_report
+from weightsurgery.cli.plan import show_report, write_plan_outputs
 from weightsurgery.errors import CLIError
 
 __all__ = ["EPILOG", "HELP", "add_arguments", "run"]
@@ -46,7 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, ui: UI) -> int:
     from weightsurgery.convert import write_safetensors
-    from weightsurgery.report_html import render_html
     from weightsurgery.transfer import transfer
 
     if args.output.suffix != ".safetensors":
@@ -66,10 +65,7 @@ def run(args: argparse.Namespace, ui: UI) -> int:
         write_safetensors(model.state_dict(), args.output, metadata=metadata, outputs=group)
         if args.report_json is not None:
             group.write_text(args.report_json, report.to_json() + "\n")
-        if args.save_mapping is not None:
-            group.write_text(args.save_mapping, report.plan.to_json())
-        if args.html is not None:
-            group.write_text(args.html, render_html(report, target=args.target))
+        write_plan_outputs(group, args, report)
     if args.html is not None:
         ui.note(f"wrote the report page {args.html}")
     show_report(report, ui, output=args.output, mapping=args.save_mapping)
