@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weightsurgery.errors import AmbiguousContainerError, EmptyCheckpointError, UnknownContainerError
-from weightsurgery.sources.nested import EMA_KEYS, WRAPPER_KEYS, Rank, Unwrapped, scalars, select_prefix, unwrap
+from weightsurgery.sources.nested import EMA_KEYS, WRAPPER_KEYS, Unwrapped, scalars, select_prefix, unwrap
 
 
 def _sd(value: float = 1.0, prefix: str = "") -> OrderedDict[str, torch.Tensor]:
@@ -68,13 +68,6 @@ def test_lightning_checkpoint_keeps_the_model_prefix() -> None:
 def test_doubly_wrapped_ddp_checkpoint_records_the_whole_path() -> None:
     found = unwrap({"model": {"module": _sd()}, "optimizer": {"state": {}, "param_groups": []}})
     assert found.container == ("model", "module")
-
-
-def test_optimizer_state_with_integer_keys_is_never_a_candidate() -> None:
-    ckpt = {"weights": _sd(), "opt": {"state": {0: {"exp_avg": torch.zeros(2), "step": torch.tensor(3.0)}}}}
-    found = unwrap(ckpt)
-    assert found.container == ("weights",)
-    assert found.alternatives == ()
 
 
 def test_regular_weights_win_over_ema_and_ema_is_an_alternative() -> None:
@@ -184,16 +177,6 @@ def test_an_empty_mapping_is_an_empty_state_dict() -> None:
 def test_tensors_only_inside_ignored_training_state_are_not_weights() -> None:
     with pytest.raises(EmptyCheckpointError, match=r"epoch \(int\), optimizer \(dict\)"):
         unwrap({"epoch": 1, "optimizer": {"exp_avg": torch.zeros(2)}})
-
-
-def test_self_referencing_mapping_does_not_loop() -> None:
-    ckpt: dict[str, object] = {"w": torch.ones(1)}
-    ckpt["self"] = ckpt
-    assert list(unwrap(ckpt).tensors) == ["w"]
-
-
-def test_rank_orders_regular_then_ema_then_other() -> None:
-    assert Rank.of(("state_dict",)) < Rank.of(("model", "ema")) < Rank.of(("model", "teacher"))
 
 
 def test_select_prefix_lists_real_prefixes_when_missing() -> None:

@@ -39,25 +39,32 @@ The choice rule:
    (``key="model_ema"`` with keys like ``model_ema.fc.weight``) selects the keys
    under that prefix and strips it. Any other ``key`` raises
    :class:`~weightsurgery.errors.UnknownContainerError` listing what exists.
+
+The search of rules 1 to 3 (what a state dict is, what is searched, the ranks)
+lives in :mod:`~weightsurgery.sources.nested_search`; its names are
+re-exported here. This module chooses, applies ``key=`` and words the errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from weightsurgery.errors import (
-    AmbiguousContainerError,
-    CorruptCheckpointError,
-    EmptyCheckpointError,
-    UnknownContainerError,
+from weightsurgery.errors import AmbiguousContainerError, EmptyCheckpointError, UnknownContainerError
+from weightsurgery.sources.nested_search import (
+    EMA_KEYS,
+    IGNORED_KEYS,
+    MAX_DEPTH,
+    WRAPPER_KEYS,
+    Candidate,
+    Rank,
+    find_candidates,
+    split_entries,
 )
-from weightsurgery.sources import optim_state
 
 __all__ = [
     "EMA_KEYS",
@@ -73,53 +80,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WRAPPER_KEYS: frozenset[str] = frozenset(
-    {"state_dict", "model", "module", "model_state_dict", "net", "network", "params"}
-)
-"""Container keys that hold the regular weights."""
-
-EMA_KEYS: frozenset[str] = frozenset({"model_ema", "state_dict_ema", "ema", "ema_model", "ema_state_dict"})
-"""Container keys that hold an exponential moving average of the weights."""
-
-IGNORED_KEYS: frozenset[str] = optim_state.OPTIMIZER_KEYS | frozenset(
-    {
-        "lr_scheduler",
-        "lr_schedulers",
-        "scheduler",
-        "callbacks",
-        "scaler",
-        "grad_scaler",
-        "loops",
-    }
-)
-"""Container keys of training state that never hold model weights; not searched."""
-
-MAX_DEPTH = 100
-"""The deepest nesting of mappings searched; a deeper checkpoint is refused (it would exhaust the stack)."""
-
 _MAX_LISTED = 20
-
-
-class Rank(enum.IntEnum):
-    """How a candidate's container path ranks; lower wins."""
-
-    REGULAR = 0
-    EMA = 1
-    OTHER = 2
-
-    @classmethod
-    def of(cls, path: tuple[str, ...]) -> Rank:
-        """Rank a container path.
-
-        Example:
-            >>> Rank.of(("model", "module")).name, Rank.of(("model_ema",)).name, Rank.of(("gen",)).name
-            ('REGULAR', 'EMA', 'OTHER')
-        """
-        if any(step not in WRAPPER_KEYS and step not in EMA_KEYS for step in path):
-            return cls.OTHER
-        if any(step in EMA_KEYS for step in path):
-            return cls.EMA
-        return cls.REGULAR
 
 
 @dataclass(frozen=True)
@@ -167,16 +128,6 @@ class Unwrapped:
         return out
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    path: tuple[str, ...]
-    mapping: Mapping[object, object]
-
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path) or "<root>"
-
-
 def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: object = None) -> Unwrapped:
     """Find the flat state dict inside a (possibly nested) checkpoint mapping.
 
@@ -205,21 +156,21 @@ def unwrap(obj: Mapping[object, object], *, key: str | None = None, source: obje
         0.0
     """
     where = "the mapping" if source is None else str(source)
-    candidates = _candidates(obj, (), source)
+    candidates = find_candidates(obj, (), source)
     if key is None:
         return _choose(candidates, obj, (), where, source=source)
     path = _walk(obj, key)
     if path is not None:
         node = _get(obj, path)
         if isinstance(node, Mapping):
-            found = _choose(_candidates(node, path, source), node, path, where, source=source, under=key)
+            found = _choose(find_candidates(node, path, source), node, path, where, source=source, under=key)
             logger.debug("key=%r selected container %s in %s", key, ".".join(found.container), where)
             others = tuple(c.dotted for c in candidates if c.path != found.container)
             return dataclasses.replace(found, alternatives=others)
     prefix = key + "."
     hits = [c for c in candidates if any(isinstance(k, str) and k.startswith(prefix) for k in c.mapping)]
     if len(hits) == 1:
-        tensors, ignored, optimizer = _tensors_of(hits[0].mapping, where)
+        tensors, ignored, optimizer = _take(hits[0].mapping, where)
         renames = select_prefix(tensors, key, source=source)
         logger.debug("key=%r selected %d tensors under prefix %r in %s", key, len(renames), prefix, where)
         return Unwrapped(
@@ -296,42 +247,8 @@ def select_prefix(keys: Iterable[str], key: str, *, source: object = None) -> di
     )
 
 
-def _candidates(node: Mapping[object, object], path: tuple[str, ...], source: object = None) -> list[_Candidate]:
-    """Every state dict at or below ``node``, in storage order; deeper than :data:`MAX_DEPTH` is refused."""
-    found: list[_Candidate] = []
-    seen: set[int] = set()
-
-    def visit(mapping: Mapping[object, object], at: tuple[str, ...]) -> bool:
-        if id(mapping) in seen:
-            return False
-        if len(at) > MAX_DEPTH:
-            where = "the mapping" if source is None else str(source)
-            raise CorruptCheckpointError(
-                f"{where} nests mappings more than {MAX_DEPTH} levels deep (at {'.'.join(at[:4])}...); no "
-                "checkpoint does: it is malformed or hostile. Pass the state dict itself",
-                source=source,
-            )
-        seen.add(id(mapping))
-        before = len(found)
-        for k, v in mapping.items():
-            if isinstance(k, str) and isinstance(v, Mapping) and not _training_state(k, v):
-                visit(v, (*at, k))
-        if len(found) > before:
-            loose = [k for k, v in mapping.items() if isinstance(v, torch.Tensor)]
-            if loose:
-                logger.debug("ignoring tensors %s held beside nested state dicts at %s", loose, at or "<root>")
-            return True
-        if not optim_state.is_slot_mapping(mapping) and _tensors_of(mapping, "")[0]:
-            found.append(_Candidate(at, mapping))
-            return True
-        return False
-
-    visit(node, path)
-    return found
-
-
 def _choose(
-    candidates: list[_Candidate],
+    candidates: list[Candidate],
     node: Mapping[object, object],
     path: tuple[str, ...],
     where: str,
@@ -344,8 +261,8 @@ def _choose(
         return Unwrapped(tensors={}, container=path)
     if not candidates:
         raise EmptyCheckpointError(_empty_message(node, where, under), source=source)
-    best = min(Rank.of(c.path) for c in candidates)
-    top = [c for c in candidates if Rank.of(c.path) == best]
+    best = min(c.rank for c in candidates)
+    top = [c for c in candidates if c.rank == best]
     if len(top) > 1:
         names = [c.dotted for c in top]
         raise AmbiguousContainerError(
@@ -355,7 +272,7 @@ def _choose(
             candidates=names,
         )
     chosen = top[0]
-    tensors, ignored, optimizer = _tensors_of(chosen.mapping, where)
+    tensors, ignored, optimizer = _take(chosen.mapping, where)
     alternatives = tuple(c.dotted for c in candidates if c is not chosen)
     if alternatives:
         logger.info("took state dict %s from %s; also there: %s", chosen.dotted, where, ", ".join(alternatives))
@@ -364,30 +281,16 @@ def _choose(
     )
 
 
-def _training_state(key: str, value: Mapping[object, object]) -> bool:
-    """A container of training state, never searched: a known key or an optimizer's state dict."""
-    return key.lower() in IGNORED_KEYS or optim_state.is_optimizer_state(value)
-
-
-def _tensors_of(
+def _take(
     mapping: Mapping[object, object], where: str
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...], tuple[str, ...]]:
-    """The weights, the non-tensor entries, and the flattened optimizer-state keys of a state dict."""
-    tensors: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    optimizer: list[str] = []
-    for k, v in mapping.items():
-        if isinstance(k, str) and isinstance(v, torch.Tensor) and optim_state.is_optimizer_key(k):
-            optimizer.append(k)
-        elif isinstance(k, str) and isinstance(v, torch.Tensor):
-            tensors[k] = v
-        else:
-            ignored.append(str(k))
-    if ignored and where:
+    """The chosen state dict's entries (:func:`~.nested_search.split_entries`), logging what was dropped."""
+    tensors, ignored, optimizer = split_entries(mapping)
+    if ignored:
         logger.debug("ignoring non-tensor entries in %s: %s", where, ", ".join(ignored))
-    if optimizer and where:
+    if optimizer:
         logger.info("dropped %d optimizer-state tensors from %s (e.g. %s)", len(optimizer), where, optimizer[0])
-    return tensors, tuple(ignored), tuple(optimizer)
+    return tensors, ignored, optimizer
 
 
 def _walk(obj: Mapping[object, object], key: str) -> tuple[str, ...] | None:
@@ -425,7 +328,7 @@ def _listing(names: list[str]) -> str:
 def _empty_message(node: Mapping[object, object], where: str, under: str) -> str:
     at = f" under key={under!r}" if under else ""
     kinds = [f"{k} ({type(v).__name__})" for k, v in list(node.items())[:_MAX_LISTED]]
-    moments = _tensors_of(node, "")[2]
+    moments = split_entries(node)[2]
     what = f"only optimizer state ({len(moments)} tensors such as {moments[0]})" if moments else "no tensors"
     return (
         f"{where} holds {what}{at}; its entries are: {', '.join(kinds) or '(none)'}. "
