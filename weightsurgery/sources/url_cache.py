@@ -113,7 +113,6 @@ def expected_hashes(url: str, *, torch_hub_names: bool = False) -> tuple[str | N
     return full, prefix
 
 
-
 def cache_path(url: str, *, torch_hub_names: bool = False) -> Path:
     """Where ``url`` is cached: its own name if that carries a hash, else a name keyed by the URL.
 
@@ -147,7 +146,6 @@ def cache_path(url: str, *, torch_hub_names: bool = False) -> Path:
     return folder / f"{stem[:96]}.{key}{suffix}"
 
 
-
 def remove_entry(path: Path) -> None:
     """Remove a cached file and its verification mark."""
     for stale in (path, _mark_path(path)):
@@ -155,9 +153,22 @@ def remove_entry(path: Path) -> None:
             stale.unlink()
 
 
-
 def verify_cached(url: str, cached: Path, full: str | None, prefix: str | None) -> str | None:
-    """Hold a cached file to its hashes; a fresh mark saves re-hashing. A mismatch evicts it."""
+    """Hold a cached file to its hashes; a fresh mark saves re-hashing. A mismatch evicts it.
+
+    Args:
+        url: the URL the file is cached for, for messages.
+        cached: the cached file.
+        full: the full sha256 the URL's fragment pins, if any.
+        prefix: the hash prefix its file name carries, if any.
+
+    Returns:
+        The verified sha256 when the URL promised one, else ``None``.
+
+    Raises:
+        IntegrityError: the file does not hash to what was promised, or (with no
+            promise) to what it was downloaded as; it was removed from the cache.
+    """
     stat = cached.stat()
     mark = _read_mark(cached)
     fresh = mark is not None and (mark.get("size"), mark.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
@@ -181,10 +192,8 @@ def verify_cached(url: str, cached: Path, full: str | None, prefix: str | None) 
     return digest if promised else None
 
 
-
 def _mark_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.sha256")
-
 
 
 def _read_mark(path: Path) -> dict[str, Any] | None:
@@ -193,7 +202,6 @@ def _read_mark(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return mark if isinstance(mark, dict) and isinstance(mark.get("sha256"), str) else None
-
 
 
 def write_mark(path: Path, digest: str, url: str) -> None:
@@ -210,14 +218,12 @@ def write_mark(path: Path, digest: str, url: str) -> None:
         logger.debug("could not mark %s as verified: %s", path, exc)
 
 
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
 
 
 def _file_name(url: str) -> str:
@@ -230,7 +236,6 @@ def _file_name(url: str) -> str:
             source=url,
         )
     return name
-
 
 
 def strip_fragment(url: str) -> str:
