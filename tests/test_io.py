@@ -9,7 +9,6 @@ import time
 import pytest
 
 from weightsurgery._io import STALE_AFTER, TEMP_PREFIX, AtomicOutputs, atomic_path, atomic_write_text
-from weightsurgery._io import _link_noreplace, _rename_noreplace
 from weightsurgery.errors import OutputExistsError, OutputWriteError
 
 
@@ -48,20 +47,6 @@ def test_without_overwrite_a_file_that_appears_before_the_rename_is_kept(tmp_pat
             outputs.write_text(dest, "ours")
             dest.write_text("theirs")  # another process, between the early check and the rename
     assert dest.read_text() == "theirs" and _names(tmp_path) == ["out.json"]
-
-
-@pytest.mark.parametrize("rename", [_rename_noreplace, _link_noreplace])
-def test_the_no_replace_rename_refuses_files_and_dangling_symlinks(tmp_path, rename) -> None:
-    src, dest, link = tmp_path / "src", tmp_path / "dest", tmp_path / "link"
-    src.write_text("new")
-    dest.write_text("old")
-    link.symlink_to(tmp_path / "nowhere")
-    for existing in (dest, link):
-        with pytest.raises(FileExistsError):
-            rename(src, existing)
-    assert dest.read_text() == "old" and os.readlink(link) == str(tmp_path / "nowhere")
-    rename(src, tmp_path / "fresh")
-    assert (tmp_path / "fresh").read_text() == "new" and not src.exists()
 
 
 def test_a_group_is_all_or_nothing_and_a_later_failure_brings_the_replaced_files_back(tmp_path) -> None:

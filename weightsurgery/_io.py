@@ -9,7 +9,8 @@ at all.
 
 * **No clobbering.** Without ``overwrite`` the final rename itself refuses
   an existing destination (``renameat2(RENAME_NOREPLACE)`` on Linux, else a
-  hard link, which fails on an existing name, then an unlink). A file that
+  hard link, which fails on an existing name, then an unlink; see
+  :mod:`weightsurgery._fsops`). A file that
   appears at the destination while the work runs, a dangling symlink, or
   another run racing for the same new path are refused, not replaced.
 * **No leaks.** The temporary name is chosen before the file is created and
@@ -28,18 +29,17 @@ with its path (as :func:`tempfile.mkstemp` raises ``tempfile.mkstemp``).
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
 import os
 import secrets
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from weightsurgery._fsops import fsync, mode_for, rename_noreplace
 from weightsurgery.errors import OutputExistsError, OutputWriteError, WeightSurgeryError
 
 __all__ = [
@@ -199,8 +199,8 @@ class AtomicOutputs:
     def _commit(self) -> None:
         for tmp, dest in self._staged:
             with self.writing(dest):
-                _fsync(tmp)
-                os.chmod(tmp, _mode_for(dest))  # a fresh temporary file is 0600; give the user's usual mode
+                fsync(tmp)
+                os.chmod(tmp, mode_for(dest))  # a fresh temporary file is 0600; give the user's usual mode
         placed: list[tuple[Path, Path | None]] = []  # (destination, backup of the file it replaced)
         try:
             for tmp, dest in self._staged:
@@ -210,7 +210,7 @@ class AtomicOutputs:
                 _restore(dest, backup)
             raise
         for folder in {dest.parent for _, dest in self._staged}:
-            _fsync(folder)
+            fsync(folder)
         for _, backup in placed:
             if backup is not None:
                 with contextlib.suppress(OSError):
@@ -220,7 +220,7 @@ class AtomicOutputs:
         """Rename ``tmp`` to ``dest``; return a hard link to the file it replaced, if any (for a rollback)."""
         if not self.overwrite:
             try:
-                _rename_noreplace(tmp, dest)
+                rename_noreplace(tmp, dest)
             except FileExistsError as exc:
                 raise OutputExistsError(
                     f"output {dest} appeared while this ran; it was left as it is and nothing was written. "
@@ -341,82 +341,3 @@ def _restore(dest: Path, backup: Path | None) -> None:
             os.replace(backup, dest)
         else:
             dest.unlink()
-
-
-def _mode_for(dest: Path) -> int:
-    """An existing file keeps its mode; a new one gets ``0o666`` less the umask, as ``open()`` would."""
-    try:
-        return stat.S_IMODE(dest.stat().st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries, to disk (folders are skipped where they cannot be opened)."""
-    if path.is_dir() and os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``, failing with :class:`FileExistsError` if ``dst`` exists, atomically.
-
-    ``renameat2(RENAME_NOREPLACE)`` where the C library and the filesystem
-    have it; otherwise a hard link (``link`` refuses an existing name) and an
-    unlink; on Windows ``os.rename``, which never replaces. A filesystem
-    without hard links gets an exclusively created placeholder, replaced.
-    """
-    renameat2 = _renameat2()
-    if renameat2 is not None:
-        if renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
-            return
-        code = _errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise OSError(code, os.strerror(code), str(dst))
-    if os.name == "nt":
-        os.rename(src, dst)
-        return
-    _link_noreplace(src, dst)
-
-
-def _link_noreplace(src: Path, dst: Path) -> None:
-    """The portable no-replace rename: hard-link ``src`` as ``dst`` (refused if ``dst`` exists), unlink ``src``."""
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-            raise
-        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # the name is ours from here on
-        os.replace(src, dst)
-        return
-    os.unlink(src)
-
-
-@functools.cache
-def _renameat2() -> Callable[..., int] | None:
-    """glibc's ``renameat2`` through ctypes, or ``None`` off Linux or on a C library without it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _errno() -> int:
-    import ctypes
-
-    return ctypes.get_errno()
