@@ -1,6 +1,7 @@
 """Fallback init for the target tensors a transfer could not load.
 
 * :mod:`~weightsurgery.init.specs`: specs that mirror :mod:`torch.nn.init`.
+* :mod:`~weightsurgery.init.spec_base`: what every spec shares (describe, signature, check).
 * :mod:`~weightsurgery.init.parse`: ``"trunc_normal(std=0.02)"`` -> spec, safely.
 * :mod:`~weightsurgery.init.rules`: pick a spec per key by glob, regex or module type.
 * :mod:`~weightsurgery.init.engine`: compute the new tensors, seeded, without

@@ -6,6 +6,11 @@ with an explicit ``generator`` so that seeding never touches global RNG state,
 and describes itself as the string the parser reads back
 (``"trunc_normal(std=0.02)"``).
 
+What every spec shares (describing itself, its signature, refusing a tensor it
+cannot fill) is :class:`~weightsurgery.init.spec_base.InitSpec`'s, in
+:mod:`weightsurgery.init.spec_base`; :class:`InitSpec` and :class:`TensorInit`
+are re-exported here.
+
 Specs that need a fan (``xavier_*``, ``kaiming_*``, ``orthogonal``) refuse
 tensors with fewer than two dimensions at plan time (:meth:`InitSpec.check`)
 rather than at apply time: route biases elsewhere with a rule such as
@@ -20,16 +25,20 @@ rule names it.
 
 from __future__ import annotations
 
-import abc
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
 import torch
 from torch.nn import init as nn_init
 
-from weightsurgery.errors import InitSpecError
+from weightsurgery.init.spec_base import (
+    InitSpec,
+    TensorInit,
+    check_bounds,
+    check_choice,
+    check_non_negative,
+    check_number,
+)
 from weightsurgery.init.threads import orthogonal_
 
 __all__ = [
@@ -71,125 +80,6 @@ Nonlinearity = Literal[
 ]
 
 
-class InitSpec(abc.ABC):
-    """What fills one tensor: a named spec with literal arguments.
-
-    Subclasses are frozen dataclasses whose fields are the spec's arguments,
-    in the positional order the parser accepts.
-    """
-
-    name: ClassVar[str]
-    needs_fan: ClassVar[bool] = False  # needs a tensor with >= 2 dims (fan-in / fan-out)
-    random: ClassVar[bool] = False  # draws random numbers, so needs a floating-point tensor
-
-    def describe(self) -> str:
-        """The canonical spec string; :func:`~weightsurgery.init.parse_spec` reads it back.
-
-        Required arguments come first, by position; optional ones follow by
-        keyword, and only where they differ from their default.
-
-        Example:
-            >>> TruncNormal(std=0.02).describe()
-            'trunc_normal(std=0.02)'
-            >>> Constant(0.1).describe(), Zeros().describe()
-            ('constant(0.1)', 'zeros')
-        """
-        args = []
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.default is dataclasses.MISSING:
-                args.append(repr(value))
-            elif value != f.default:
-                args.append(f"{f.name}={value!r}")
-        return f"{self.name}({', '.join(args)})" if args else self.name
-
-    @classmethod
-    def signature(cls) -> str:
-        """The spec's call signature with defaults, for help and error messages.
-
-        Example:
-            >>> KaimingNormal.signature()
-            "kaiming_normal(a=0.0, mode='fan_in', nonlinearity='leaky_relu')"
-        """
-        parts = []
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if not f.init:
-                continue
-            parts.append(f.name if f.default is dataclasses.MISSING else f"{f.name}={f.default!r}")
-        return f"{cls.name}({', '.join(parts)})" if parts else cls.name
-
-    def check(self, shape: tuple[int, ...], *, key: str, dtype: torch.dtype | None = None) -> None:
-        """Refuse a tensor this spec cannot fill, before anything is changed.
-
-        Args:
-            shape: the target tensor's shape.
-            key: the target key, named in the message.
-            dtype: the target tensor's dtype, if known.
-
-        Raises:
-            InitSpecError: a fan-based spec on a tensor with fewer than 2 dims, or
-                a random spec on an integer or boolean tensor.
-
-        Example:
-            >>> XavierUniform().check((10,), key="fc.bias")  # doctest: +ELLIPSIS
-            Traceback (most recent call last):
-            ...
-            weightsurgery.errors.InitSpecError: 'fc.bias' has shape (10,), but xavier_uniform needs ...
-        """
-        if self.needs_fan and len(shape) < 2:
-            raise InitSpecError(
-                f"{key!r} has shape {tuple(shape)}, but {self.name} needs at least 2 dims to compute "
-                f"fan-in and fan-out; give it another spec by name, e.g. "
-                f"{{{_suffix_glob(key)!r}: 'zeros', '*': {self.describe()!r}}}"
-            )
-        if self.random and dtype is not None and not dtype.is_floating_point:
-            raise InitSpecError(
-                f"{key!r} has dtype {dtype}, but {self.name} draws random floats; "
-                f"use 'zeros', 'ones', 'constant(val)' or 'default' for it"
-            )
-
-
-class TensorInit(InitSpec):
-    """A spec that fills a tensor by itself, without its module."""
-
-    @abc.abstractmethod
-    def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
-        """Fill ``tensor`` in place, drawing random numbers from ``generator`` only."""
-
-
-def _suffix_glob(key: str) -> str:
-    return "*." + key.rsplit(".", 1)[-1] if "." in key else key
-
-
-def _number(spec: InitSpec, name: str) -> float:
-    value = getattr(spec, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InitSpecError(
-            f"{spec.name}: {name}={value!r} must be a finite number; signature {type(spec).signature()}"
-        )
-    number = float(value)
-    object.__setattr__(spec, name, number)
-    return number
-
-
-def _choice(spec: InitSpec, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(spec, name)
-    if value not in choices:
-        raise InitSpecError(f"{spec.name}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-
-def _bounds(spec: InitSpec, low: str, high: str) -> None:
-    if not _number(spec, low) < _number(spec, high):
-        raise InitSpecError(
-            f"{spec.name}: needs {low} < {high}, got {low}={getattr(spec, low)!r}, {high}={getattr(spec, high)!r}"
-        )
-
-
-def _non_negative(spec: InitSpec, name: str) -> None:
-    if _number(spec, name) < 0:
-        raise InitSpecError(f"{spec.name}: {name}={getattr(spec, name)!r} must not be negative")
-
-
 @dataclass(frozen=True)
 class Constant(TensorInit):
     """Fill with ``val`` (:func:`torch.nn.init.constant_`).
@@ -205,7 +95,7 @@ class Constant(TensorInit):
     val: float
 
     def __post_init__(self) -> None:
-        _number(self, "val")
+        check_number(self, "val")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.constant_(tensor, self.val)
@@ -241,7 +131,7 @@ class Uniform(TensorInit):
     b: float = 1.0
 
     def __post_init__(self) -> None:
-        _bounds(self, "a", "b")
+        check_bounds(self, "a", "b")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.uniform_(tensor, self.a, self.b, generator=generator)
@@ -257,8 +147,8 @@ class Normal(TensorInit):
     std: float = 1.0
 
     def __post_init__(self) -> None:
-        _number(self, "mean")
-        _non_negative(self, "std")
+        check_number(self, "mean")
+        check_non_negative(self, "std")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.normal_(tensor, self.mean, self.std, generator=generator)
@@ -285,9 +175,9 @@ class TruncNormal(TensorInit):
     b: float = 2.0
 
     def __post_init__(self) -> None:
-        _number(self, "mean")
-        _non_negative(self, "std")
-        _bounds(self, "a", "b")
+        check_number(self, "mean")
+        check_non_negative(self, "std")
+        check_bounds(self, "a", "b")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.trunc_normal_(tensor, self.mean, self.std, self.a, self.b, generator=generator)
@@ -303,7 +193,7 @@ class XavierUniform(TensorInit):
     gain: float = 1.0
 
     def __post_init__(self) -> None:
-        _number(self, "gain")
+        check_number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.xavier_uniform_(tensor, self.gain, generator=generator)
@@ -319,16 +209,16 @@ class XavierNormal(TensorInit):
     gain: float = 1.0
 
     def __post_init__(self) -> None:
-        _number(self, "gain")
+        check_number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.xavier_normal_(tensor, self.gain, generator=generator)
 
 
 def _check_kaiming(spec: KaimingUniform | KaimingNormal) -> None:
-    _number(spec, "a")
-    _choice(spec, "mode", get_args(FanMode))
-    _choice(spec, "nonlinearity", get_args(Nonlinearity))
+    check_number(spec, "a")
+    check_choice(spec, "mode", get_args(FanMode))
+    check_choice(spec, "nonlinearity", get_args(Nonlinearity))
 
 
 @dataclass(frozen=True)
@@ -386,7 +276,7 @@ class Orthogonal(TensorInit):
     gain: float = 1.0
 
     def __post_init__(self) -> None:
-        _number(self, "gain")
+        check_number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         orthogonal_(tensor, self.gain, generator=generator)
