@@ -14,7 +14,7 @@ from faults import InjectedFault, Steps
 from model_state import assert_unchanged, snapshot
 from torch import nn
 
-import weightsurgery.apply.commit as commit_module
+import weightsurgery._device as device_module
 from weightsurgery import transfer
 from weightsurgery.errors import ModuleProtocolError
 
@@ -115,16 +115,16 @@ def test_a_raising_set_extra_state_undoes_the_tensors_and_the_other_modules_extr
 def test_a_second_ctrl_c_during_the_rollback_waits_until_it_is_done(monkeypatch) -> None:
     model = net()
     before = snapshot(model)
-    real = commit_module._copy
+    real = device_module.copy_into
     calls: list[str] = []
 
-    def copy(dst: torch.Tensor, value: torch.Tensor) -> None:
+    def copy(dst: torch.Tensor, value: torch.Tensor, **kwargs) -> None:
         calls.append("copy")
         if len(calls) == 3:  # the first undo: two writes were made, the second one raised after
             signal.raise_signal(signal.SIGINT)
-        real(dst, value)
+        real(dst, value, **kwargs)
 
-    monkeypatch.setattr(commit_module, "_copy", copy)
+    monkeypatch.setattr(device_module, "copy_into", copy)
     with Steps(fail_at=N_TENSORS + 1, when="after").installed(), pytest.raises(KeyboardInterrupt) as info:
         transfer(source(), model)
     assert isinstance(info.value.__context__, InjectedFault)  # raised once the rollback had finished

@@ -6,14 +6,15 @@
    problem is collected and raised once, before anything is read.
 2. **Stage** (:mod:`~weightsurgery.apply.stage`). Read each source tensor,
    check it (not sparse, not ``meta``...), adapt it, cast it to the target's
-   dtype and device, and compute the fallback init for the leftovers (a
+   dtype, on the host whatever the target's device (:mod:`weightsurgery._device`), and compute the fallback init for the leftovers (a
    leftover no rule names keeps its constructor's values: nothing is computed
    for it, or on a factory-built target, the constructor's values are). The
    module is not touched, so any error here leaves it bit-for-bit unchanged.
    Target tensors that overlap are checked to end up with the values the
    report claims (:mod:`weightsurgery._memory`).
 3. **Commit** (:mod:`~weightsurgery.apply.commit`). Copy the staged tensors in
-   place (``copy_`` under ``no_grad``), or, for tensors on the ``meta`` device
+   place (``copy_`` under ``no_grad``; into a CUDA tensor through page-locked
+   memory, one tensor at a time, with the undo copy on the host), or, for tensors on the ``meta`` device
    (a factory-built target), put them in as new parameters; then module extra
    state (:mod:`weightsurgery.extra_state`), then ``freeze``. Each change is
    recorded with its undo first: an interrupt or error in the middle, Ctrl-C

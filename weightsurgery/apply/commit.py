@@ -13,7 +13,10 @@ Every change goes through one method of :class:`Commit`:
 * :meth:`Commit.write`: a staged value copied in place into a materialized
   target tensor (inside inference mode for an inference tensor). This is the
   one place a staged tensor reaches a real destination; another kind of
-  destination (a shard of a distributed tensor) belongs here.
+  destination (a shard of a distributed tensor) belongs here. A value staged
+  on the host for a CUDA tensor goes through page-locked memory, one tensor at
+  a time, and the undo copy of a device tensor is kept on the host
+  (:mod:`weightsurgery._device`): the device never holds a second copy of the model.
 * :meth:`Commit.replace`: a new tensor put into a module's slot, for a target
   tensor on ``meta`` (a factory-built target); undoing puts the old object back.
 * :meth:`Commit.set_requires_grad` (``freeze=True``) and
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from weightsurgery import _device
 from weightsurgery.errors import ModuleProtocolError
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.shared import tensor_identity
@@ -65,12 +69,21 @@ class Commit:
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+        self._to_device = _device.HostToDevice()
 
     def write(self, dst: torch.Tensor, value: torch.Tensor) -> None:
-        """Copy ``value`` into ``dst`` in place (``dst`` keeps its identity, storage and views)."""
-        backup = dst.detach().clone()
-        self._undo.append(lambda: _copy(dst, backup))
-        _copy(dst, value)
+        """Copy ``value`` into ``dst`` in place (``dst`` keeps its identity, storage and views).
+
+        The undo copy of a tensor on a device is taken to the host. Into a CUDA
+        tensor the copy may still be on its way on return: :meth:`finish` waits for it.
+        """
+        backup = _device.host_copy(dst)
+        self._undo.append(lambda: _device.copy_into(dst, backup))
+        self._to_device.copy(dst, value)
+
+    def finish(self) -> None:
+        """Wait for the copies to a device still on their way and release their page-locked buffers."""
+        self._to_device.finish()
 
     def replace(self, owner: nn.Module, name: str, is_buffer: bool, new: torch.Tensor) -> None:
         """Put ``new`` into ``owner``'s parameter or buffer slot ``name``."""
@@ -209,6 +222,8 @@ def commit(
             else:  # pragma: no cover - Python 3.10
                 logger.warning(note)
         raise
+    finally:
+        tx.finish()
     return tuple(frozen)
 
 
@@ -252,12 +267,6 @@ def _write_tensors(
                 keep = isinstance(old, nn.Parameter)
                 made[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if keep else value
             tx.replace(mod, name, is_buffer, made[id(old)])
-
-
-def _copy(dst: torch.Tensor, value: torch.Tensor) -> None:
-    """``dst.copy_(value)`` without autograd, inside inference mode exactly when ``dst`` is an inference tensor."""
-    with torch.inference_mode(dst.is_inference()), torch.no_grad():  # in this order: the first sets grad mode
-        dst.copy_(value)
 
 
 def _requires_grad(tensor: torch.Tensor, flag: bool) -> None:

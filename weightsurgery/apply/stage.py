@@ -1,10 +1,15 @@
 """Stage: every value commit will write, computed without touching the module.
 
 Each source tensor is read, checked (:func:`~.validate.check_source_tensor`),
-adapted, cast to the target's dtype and moved to its device. An error here (a
-truncated file, an adapter, an interrupt) leaves the module bit-for-bit
-unchanged. A staged tensor that shares memory with the target (a source that is
-the target itself) is copied first (:mod:`weightsurgery._memory`).
+adapted and cast to the target's dtype. An error here (a truncated file, an
+adapter, an interrupt) leaves the module bit-for-bit unchanged. A staged tensor
+that shares memory with the target (a source that is the target itself) is
+copied first (:mod:`weightsurgery._memory`).
+
+Staged values stay on the host whatever the target's device
+(:func:`weightsurgery._device.staging_value`): a model on CUDA is not copied a
+second time onto the device before commit, which streams each value there in
+turn, and staging never calls into CUDA.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from weightsurgery._device import HOST, staging_value
 from weightsurgery._memory import aliases_target, target_memory
 from weightsurgery.apply.validate import check_cast, check_source_tensor
 from weightsurgery.match.plan import Action, PlanEntry
@@ -79,7 +85,7 @@ def stage(
         check_cast(tensor, dst, e, checkpoint)
         value = _cast(tensor, dst, sources, owned=checkpoint.owned)
         if aliases_target(value, memory):  # commit would overwrite it before reading it
-            value = value.clone()
+            value = value.to(device=HOST, copy=True)
         out.tensors[e.target] = value
         if progress is not None:
             progress(i + 1, total)
@@ -102,15 +108,14 @@ def _read(
 
 
 def _cast(tensor: torch.Tensor, dst: torch.Tensor, sources: list[torch.Tensor], *, owned: bool) -> torch.Tensor:
-    """Cast ``tensor`` to ``dst``'s dtype and device.
+    """Cast ``tensor`` to ``dst``'s dtype, on the host (:func:`~weightsurgery._device.staging_value`).
 
     A materialized ``dst`` is filled by ``copy_`` at commit, which copies
     anyway. A ``meta`` ``dst`` is replaced by the staged tensor itself, so it
     must own its memory: never a view of a memory-mapped file, never a slice
     of a bigger tensor.
     """
-    device = torch.device("cpu") if dst.is_meta else dst.device
-    out = tensor.to(device=device, dtype=dst.dtype)
+    out = staging_value(tensor, dst.dtype, dst.device)
     if dst.is_meta:
         ptr = out.untyped_storage().data_ptr()
         aliased = any(ptr == s.untyped_storage().data_ptr() for s in sources)

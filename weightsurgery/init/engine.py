@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from weightsurgery._device import host_copy, staging_value
 from weightsurgery.errors import PlanError, TargetError
 from weightsurgery.init.module_default import module_default, work_dtype
 from weightsurgery.init.rules import InitRules
@@ -70,8 +71,8 @@ class InitResult:
 
     Attributes:
         tensors: key -> new tensor with the target's shape and dtype, on the
-            target tensor's device (CPU where the target is on ``meta``), for
-            every key that gets written. A kept key that is real has none
+            host whatever the target's device (:func:`weightsurgery._device.staging_value`),
+            for every key that gets written. A kept key that is real has none
             (unless asked for with ``materialize=True``).
         specs: key -> the spec that produced it (``"trunc_normal(std=0.02)"``,
             ``"reset"``, ``"constructor"``).
@@ -174,7 +175,7 @@ def _compute(
             kept.add(key)
             specs[key] = CONSTRUCTOR
             if key in materialize:
-                values[key] = current[key].detach().clone()
+                values[key] = host_copy(current[key])
         elif isinstance(spec, Keep) and constructor is not None and not t.is_buffer:
             replay.append(key)
         else:  # reset, or keep on meta with no constructor to replay
@@ -201,7 +202,7 @@ def _compute(
                 kept.add(t.key)
                 specs[t.key] = KEPT_CONSTRUCTOR_VALUES
                 if t.key in materialize:
-                    values[t.key] = current[t.key].detach().clone()
+                    values[t.key] = host_copy(current[t.key])
             else:
                 values[t.key], specs[t.key] = _fallback(t, base())
 
@@ -209,10 +210,7 @@ def _compute(
     for key in wanted:
         if key not in values:
             continue
-        device = current[key].device
-        if device.type == "meta":
-            device = torch.device("cpu")
-        tensors[key] = values[key].to(device=device, dtype=target.tensors[key].dtype)
+        tensors[key] = staging_value(values[key], target.tensors[key].dtype, current[key].device)  # commit moves it
     logger.debug("initialized %d tensor(s), kept %d", len(tensors) - len(kept & set(tensors)), len(kept))
     return InitResult(
         tensors=tensors,
