@@ -115,7 +115,8 @@ class HostToDevice:
             self._buffers[i] = buffer = None  # let the small one go before taking a bigger one
             buffer = self._buffers[i] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         pinned = buffer[:nbytes].view(value.dtype).view(value.shape)
-        pinned.copy_(value)
+        with torch.no_grad():  # a source parameter may require grad
+            pinned.copy_(value)
         copy_into(dst, pinned, non_blocking=True)
         event = self._events[i] = torch.cuda.Event()
         event.record(torch.cuda.current_stream(dst.device))
