@@ -13,7 +13,6 @@ from weightsurgery.init import (
     SPECS,
     CallableSpec,
     Constant,
-    Default,
     Keep,
     Reset,
     KaimingNormal,
