@@ -18,21 +18,6 @@ def test_timm_spec_builds_on_meta_with_kwargs():
     assert all(p.is_meta for p in model.parameters())
 
 
-def test_timm_spec_with_a_pretrained_tag():
-    assert build_target("timm:resnet18.a1_in1k", num_classes=3).fc.out_features == 3
-
-
-def test_torchvision_spec():
-    model = build_target("torchvision:resnet18", num_classes=10, meta=False)
-    assert model.fc.out_features == 10 and not model.fc.weight.is_meta
-
-
-def test_import_spec_with_dotted_attribute_and_callable():
-    assert isinstance(build_target("torch.nn:Linear", in_features=2, out_features=3), nn.Linear)
-    assert build_target("torch:nn.Linear", in_features=2, out_features=3).weight.is_meta
-    assert build_target(nn.Linear, in_features=2, out_features=3).weight.shape == (3, 2)
-
-
 def test_buffers_stay_real_while_parameters_go_to_meta():
     model = build_target(nn.BatchNorm1d, num_features=3)
     assert model.weight.is_meta and model.running_var.device.type == "cpu"
@@ -51,26 +36,6 @@ def test_constructor_reading_a_parameter_is_rebuilt_on_the_cpu(caplog):
     assert "cannot be built on the meta device" in caplog.text
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [
-        ("timm:resnet5000", r"^timm has no model 'resnet5000'; closest: resnet50"),
-        ("torchvision:vit_b_17", r"^torchvision has no model 'vit_b_17'; closest: vit_b_16"),
-        ("resnet18", r"^target 'resnet18' is not a factory spec; write it as 'timm:NAME'"),
-        ("timm:", r"is not a factory spec"),
-        ("torch.nn:Lineer", r"'torch.nn' has no attribute 'Lineer'; closest: Linear"),
-        ("no_such_module_xyz:f", r"module 'no_such_module_xyz' cannot be imported; .* PYTHONPATH"),
-        ("torch:pi", r"names a float, not a callable"),
-        ("torch:get_default_dtype", r"returned a dtype, not an nn.Module"),
-        ("../models:build", r"'\.\./models' is not a module name; .* not a file: add its folder to PYTHONPATH"),
-        ("pkg.models:build-net", r"'build-net' is not an attribute name"),
-    ],
-)
-def test_bad_specs_name_the_fix(spec: str, message: str):
-    with pytest.raises(TargetError, match=message):
-        build_target(spec)
-
-
 def test_rejected_kwargs_and_failing_factories_are_target_errors():
     with pytest.raises(TargetError, match=r"rejected the keyword arguments in_chans=3: .*; drop or rename them"):
         build_target("torchvision:resnet18", in_chans=3)
@@ -81,6 +46,8 @@ def test_rejected_kwargs_and_failing_factories_are_target_errors():
     with pytest.raises(TargetError, match=r"failed to build: ZeroDivisionError: boom") as info:
         build_target(broken)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+    with pytest.raises(TargetError, match=r"returned a dtype, not an nn.Module"):
+        build_target("torch:get_default_dtype")
 
 
 def test_parse_kwargs_reads_literals_and_keeps_strings():
@@ -109,16 +76,3 @@ literals = st.one_of(
 @given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), literals))
 def test_parse_kwargs_round_trips_repr(kwargs: dict):
     assert parse_kwargs([f"{k}={v!r}" for k, v in kwargs.items()]) == kwargs
-
-
-@pytest.mark.parametrize(
-    "spec",
-    ["os:system", "subprocess:run", "shutil:rmtree", "builtins:eval", "posix:system", "math:pi", "builtins:dict",
-     "collections:OrderedDict", "os.path:join",
-     "torch.serialization:os.system"],  # reached through a third-party module: refused by where it is defined
-)
-def test_standard_library_callables_are_refused_before_anything_runs(spec: str, tmp_path):
-    marker = tmp_path / "ran"
-    with pytest.raises(TargetError, match=r"is refused: it comes from Python's standard library \(.*a TARGET runs code"):
-        build_target(spec, command=f"touch {marker}")
-    assert not marker.exists()
