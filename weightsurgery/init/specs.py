@@ -184,48 +184,41 @@ class TruncNormal(TensorInit):
 
 
 @dataclass(frozen=True)
-class XavierUniform(TensorInit):
-    """Glorot uniform (:func:`torch.nn.init.xavier_uniform_`); needs >= 2 dims."""
+class _GainSpec(TensorInit):
+    """A fan-based random spec whose one argument is a ``gain``: Xavier's and the orthogonal one."""
 
-    name: ClassVar[str] = "xavier_uniform"
     needs_fan: ClassVar[bool] = True
     random: ClassVar[bool] = True
     gain: float = 1.0
 
     def __post_init__(self) -> None:
         check_number(self, "gain")
+
+
+@dataclass(frozen=True)
+class XavierUniform(_GainSpec):
+    """Glorot uniform (:func:`torch.nn.init.xavier_uniform_`); needs >= 2 dims."""
+
+    name: ClassVar[str] = "xavier_uniform"
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.xavier_uniform_(tensor, self.gain, generator=generator)
 
 
 @dataclass(frozen=True)
-class XavierNormal(TensorInit):
+class XavierNormal(_GainSpec):
     """Glorot normal (:func:`torch.nn.init.xavier_normal_`); needs >= 2 dims."""
 
     name: ClassVar[str] = "xavier_normal"
-    needs_fan: ClassVar[bool] = True
-    random: ClassVar[bool] = True
-    gain: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.xavier_normal_(tensor, self.gain, generator=generator)
 
 
-def _check_kaiming(spec: KaimingUniform | KaimingNormal) -> None:
-    check_number(spec, "a")
-    check_choice(spec, "mode", get_args(FanMode))
-    check_choice(spec, "nonlinearity", get_args(Nonlinearity))
-
-
 @dataclass(frozen=True)
-class KaimingUniform(TensorInit):
-    """He uniform (:func:`torch.nn.init.kaiming_uniform_`); needs >= 2 dims."""
+class _KaimingSpec(TensorInit):
+    """He's specs: the negative slope ``a``, the fan ``mode`` and the ``nonlinearity`` the gain is for."""
 
-    name: ClassVar[str] = "kaiming_uniform"
     needs_fan: ClassVar[bool] = True
     random: ClassVar[bool] = True
     a: float = 0.0
@@ -233,14 +226,23 @@ class KaimingUniform(TensorInit):
     nonlinearity: Nonlinearity = "leaky_relu"
 
     def __post_init__(self) -> None:
-        _check_kaiming(self)
+        check_number(self, "a")
+        check_choice(self, "mode", get_args(FanMode))
+        check_choice(self, "nonlinearity", get_args(Nonlinearity))
+
+
+@dataclass(frozen=True)
+class KaimingUniform(_KaimingSpec):
+    """He uniform (:func:`torch.nn.init.kaiming_uniform_`); needs >= 2 dims."""
+
+    name: ClassVar[str] = "kaiming_uniform"
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.kaiming_uniform_(tensor, self.a, self.mode, self.nonlinearity, generator=generator)
 
 
 @dataclass(frozen=True)
-class KaimingNormal(TensorInit):
+class KaimingNormal(_KaimingSpec):
     """He normal (:func:`torch.nn.init.kaiming_normal_`); needs >= 2 dims.
 
     Example:
@@ -249,21 +251,13 @@ class KaimingNormal(TensorInit):
     """
 
     name: ClassVar[str] = "kaiming_normal"
-    needs_fan: ClassVar[bool] = True
-    random: ClassVar[bool] = True
-    a: float = 0.0
-    mode: FanMode = "fan_in"
-    nonlinearity: Nonlinearity = "leaky_relu"
-
-    def __post_init__(self) -> None:
-        _check_kaiming(self)
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         nn_init.kaiming_normal_(tensor, self.a, self.mode, self.nonlinearity, generator=generator)
 
 
 @dataclass(frozen=True)
-class Orthogonal(TensorInit):
+class Orthogonal(_GainSpec):
     """A (semi-)orthogonal matrix (:func:`torch.nn.init.orthogonal_`); needs >= 2 dims.
 
     Its QR runs in float64 on one thread, so a seed gives the same bits
@@ -271,12 +265,6 @@ class Orthogonal(TensorInit):
     """
 
     name: ClassVar[str] = "orthogonal"
-    needs_fan: ClassVar[bool] = True
-    random: ClassVar[bool] = True
-    gain: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_number(self, "gain")
 
     def __call__(self, tensor: torch.Tensor, *, generator: torch.Generator) -> None:
         orthogonal_(tensor, self.gain, generator=generator)
