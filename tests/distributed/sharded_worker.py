@@ -55,7 +55,7 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
     """The sharded target of ``case`` and the transfer's keyword arguments."""
     mesh = init_device_mesh("cpu", (world,))
     meta = torch.device("meta")
-    if case in ("fsdp_meta", "pickle", "dcp", "missing", "corrupt", "raises"):
+    if case in ("fsdp_meta", "pickle", "dcp", "missing", "corrupt", "raises", "seeds", "dry_run"):
         with meta:
             return fsdp(TinyLM(extra=True), mesh), {"init": LM_INIT, "seed": 0}
     if case == "fsdp_real":
@@ -121,15 +121,22 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
             if rank == world - 1 and done == 3:
                 raise ValueError("progress callback failed on the last rank")
         kwargs["progress"] = progress
+    if case == "seeds":  # each rank its own seed: different inits, which no rank may keep
+        kwargs["seed"] = rank
+    if case == "dry_run" and rank == world - 1:  # one rank plans only, while the others transfer
+        kwargs["dry_run"] = True
     out: dict[str, object] = {"case": case, "rank": rank, "world": world}
+    counted = Counted()
     try:
-        report = transfer(source_for(case, config, rank, world), model, **kwargs)
+        with counted:
+            report = transfer(source_for(case, config, rank, world), model, **kwargs)
     except Exception as exc:
         out["error"] = {"type": type(exc).__name__, "message": str(exc),
                         "phase": getattr(exc, "phase", None), "failures": getattr(exc, "failures", None)}
         out["untouched"] = all(p.to_local().is_meta for p in model.parameters() if isinstance(p, DTensor))
         return out
     after = {k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
+    out["collectives"] = counted.calls
     out["placements_kept"] = before == after
     out["placements"] = after
     out["report"] = report.to_dict()
@@ -170,6 +177,29 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
 def _local_nbytes(t: torch.Tensor) -> int:
     local = t.to_local() if isinstance(t, DTensor) else t
     return local.numel() * local.element_size()
+
+
+class Counted:
+    """Counts the calls of ``torch.distributed``'s collectives made while it is entered (not those inside torch)."""
+
+    NAMES = ("all_gather", "all_gather_object", "all_reduce", "broadcast", "broadcast_object_list", "gather_object",
+             "barrier", "scatter", "send", "recv", "isend", "irecv")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def __enter__(self) -> Counted:
+        self.saved = {n: getattr(dist, n) for n in self.NAMES}
+        for name, fn in self.saved.items():
+            def counting(*args, _name=name, _fn=fn, **kwargs):
+                self.calls[_name] = self.calls.get(_name, 0) + 1
+                return _fn(*args, **kwargs)
+            setattr(dist, name, counting)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self.saved.items():
+            setattr(dist, name, fn)
 
 
 CONFIG: dict = {}

@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 WORKER = HERE / "sharded_worker.py"
 LM_INIT = {"adapter.*": "normal(std=0.02)"}
 CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "missing", "corrupt",
-         "raises"]
+         "raises", "seeds", "dry_run"]
 GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama"]
 LAUNCH_TIMEOUT = 300
 
@@ -229,7 +229,9 @@ def test_seeded_leftover_is_the_same_for_any_world_size(runs: dict) -> None:
 @pytest.mark.parametrize("world", [2, 4])
 def test_faults_end_every_rank_with_the_same_error(runs: dict, world: int) -> None:
     expect = {"missing": ("plan", "blocks.1.up.weight"), "corrupt": ("resolve", "lm-corrupt.safetensors"),
-              "raises": ("stage", "progress callback failed on the last rank")}
+              "raises": ("stage", "progress callback failed on the last rank"),
+              "seeds": ("prepare", "(seed): rank 0 0; rank 1 1"),  # each rank passed its own seed
+              "dry_run": ("prepare", "out of step")}  # the last rank plans only: it never prepares
     for case, (phase, named) in expect.items():
         results = _ranks(runs, world, case)
         errors = [r.get("error") for r in results]
@@ -238,3 +240,18 @@ def test_faults_end_every_rank_with_the_same_error(runs: dict, world: int) -> No
         assert errors[0]["type"] == "ShardedTransferError" and errors[0]["phase"] == phase
         assert named in errors[0]["message"]
         assert all(r["untouched"] for r in results), f"{case}: a rank changed its model"
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_transfer_read_by_range_agrees_in_two_exchanges(runs: dict, world: int) -> None:
+    """Resolving, planning and preparing are compared with the stage (one all_gather), the commit with one more.
+
+    Nothing else crosses ranks: no per-step all_reduce, no object collective, no seed unless one is drawn
+    (hf_llama: its rotary buffers are recomputed with a seed drawn on rank 0, one exchange more).
+    """
+    for case in ("fsdp_meta", "fsdp_real", "tp", "mesh2d", "fused", "head", "hf_llama"):
+        if case not in runs[world]:
+            continue
+        want = {"all_gather": 3 if case == "hf_llama" else 2}
+        for r in _ranks(runs, world, case):
+            assert r["collectives"] == want, (case, r["rank"], r["collectives"])

@@ -24,7 +24,8 @@ from typing import Any
 from weightsurgery.distributed.apply import apply_sharded, is_sharded
 from weightsurgery.distributed.collectives import Phase, RankStats, ShardSession, digest
 
-__all__ = ["Phase", "RankStats", "ShardSession", "agree_on_plan", "apply_sharded", "is_sharded", "phase", "session_for"]
+__all__ = ["DEFERRED", "Phase", "RankStats", "ShardSession", "agree_on_plan", "apply_sharded", "is_sharded", "phase",
+           "session_for"]
 
 
 def session_for(dst: Any) -> ShardSession | None:
@@ -38,14 +39,18 @@ def session_for(dst: Any) -> ShardSession | None:
     return ShardSession.for_world() if is_sharded(dst) else None
 
 
+DEFERRED = ("resolve", "plan")
+"""Steps that change nothing and send nothing: their success is compared at the next exchange."""
+
+
 def phase(session: ShardSession | None, name: str) -> contextlib.AbstractContextManager[Phase]:
-    """``session.phase(name)``, or a context that does nothing on one process.
+    """``session.phase(name)`` (deferred for the steps in :data:`DEFERRED`), or a context that does nothing on one process.
 
     Example:
         >>> with phase(None, "plan") as step:
         ...     step.digest = "x"
     """
-    return session.phase(name) if session is not None else _alone()
+    return session.phase(name, defer=name in DEFERRED) if session is not None else _alone()
 
 
 @contextlib.contextmanager

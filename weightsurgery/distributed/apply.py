@@ -3,7 +3,9 @@
 1. **prepare** (local, then agreed): validate the plan, compute the fallback
    init (full tensors, seeded per key, so any world size gets the same full
    tensor), and decide how each entry is read (:class:`~weightsurgery.distributed.stage.Stager`).
-   The ranks compare that schedule: they must issue the same broadcasts.
+   The ranks compare that schedule (and the seed): they must issue the same broadcasts.
+   When every entry is read by range (no broadcast follows) the comparison
+   waits for the end of the stage, one exchange for both.
    Non-persistent buffers left on ``meta`` are computed by their modules
    (:mod:`~weightsurgery.distributed.buffers`).
 2. **stage**: every rank builds its local shards, reading only its own byte
@@ -77,20 +79,22 @@ def apply_sharded(
     from weightsurgery.init.seeding import base_seed
 
     with session.phase("prepare") as step:
-        seed = session.agree_seed(seed)  # first: nothing before it can fail on one rank and skip the collective
         single.validate_plan(plan, checkpoint, target)
         copies = [e for e in plan.entries.values() if e.action in (Action.LOAD, Action.ADAPT)]
         init_keys = [e.target for e in plan.entries.values() if e.action is Action.INIT]
         missing_buffers = meta_buffers(module)
-        current = current_tensors(module, target)
         fill_keys = adapted_fill_keys(copies)
+        if init_keys or fill_keys or missing_buffers:  # something may be drawn at random: one seed on every rank
+            seed = session.agree_seed(seed)
+        current = current_tensors(module, target)
         init = compute_init(module, target, [*fill_keys, *init_keys], init_rules, seed=seed,
                             constructor=constructor, materialize=fill_keys)
         buffers = recompute_buffers(module, missing_buffers, seed=base_seed(seed))[0] if missing_buffers else {}
         stager = Stager(session, checkpoint, current)
         modes = {e.target: stager.mode(e) for e in copies}
-        step.digest = digest(sorted(modes.items()))
-        step.details = lambda: {k: f"reads it by {m}" for k, m in modes.items()}
+        step.digest = digest([sorted(modes.items()), seed])
+        step.details = lambda: {"(seed)": str(seed), **{k: f"reads it by {m}" for k, m in modes.items()}}
+        step.defer = all(m == "ranged" for m in modes.values())  # no collective in the stage: agreed at its end
 
     with session.phase("stage"):
         fills = {k: init.tensors[k] for k in fill_keys if k in init.tensors}

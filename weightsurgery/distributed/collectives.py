@@ -6,13 +6,28 @@ otherwise one new gloo group over the same ranks), this rank, and the timeout
 (the default group's own, as ``init_process_group(timeout=...)`` set it).
 
 Every step that can fail on one rank runs inside :meth:`ShardSession.phase`.
-At the end of a phase the ranks compare their outcome and a digest of what
-they decided with one small ``all_reduce`` (only when something is wrong do
-they gather the details with ``all_gather_object``). If any rank failed, or two digests
-differ, every rank raises the same :class:`~weightsurgery.errors.ShardedTransferError`;
-a rank that does not answer within the timeout is an error too, never a hang.
-Collectives inside a phase (a broadcast from rank 0) are issued by every rank
-whatever happened locally, so no rank waits on another that gave up.
+The ranks compare their outcomes and a digest of what each step decided in an
+*exchange*: one ``all_gather`` of a few integers per rank (failed or not, a hash
+of where the rank is, a hash of the digests since the last exchange, rank 0's
+seed, this rank's counters). Only when something is wrong do they gather the
+details with ``all_gather_object``; then every rank raises the same
+:class:`~weightsurgery.errors.ShardedTransferError`, built from what was gathered
+alone. A rank that does not answer within the timeout is an error too, never a
+hang.
+
+A step that changes nothing and sends nothing (``defer``: resolving, planning,
+a schedule of local reads) is not exchanged on its own when it succeeds: its
+digest waits for the next exchange, which must come before the model changes or
+any data moves between ranks (the end of a step that is not deferred,
+:meth:`ShardSession.agree_seed`, :meth:`ShardSession.broadcast`,
+:meth:`ShardSession.gather_stats`). A rank whose step fails exchanges at once;
+the others meet it at their next exchange, so every rank makes the same
+exchanges in the same order. Where ranks reach different exchanges (they took
+different paths), the hash of where each rank is tells them apart, and they stop
+together. A transfer from a safetensors file makes two exchanges: after staging
+and after the commit. Collectives inside a phase (a broadcast from rank 0) are
+issued by every rank whatever happened locally, so no rank waits on another that
+gave up.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -78,10 +93,13 @@ class Phase:
         digest: compared across ranks; a difference is an error.
         details: ``() -> dict[str, str]`` that says what the digest covers, item by item,
             gathered only when digests differ, to name the items that disagree.
+        defer: when the step succeeds, compare it at the next exchange instead of now
+            (settable inside the step; only for steps that change nothing and send nothing).
     """
 
     digest: str | None = None
     details: Callable[[], dict[str, str]] | None = None
+    defer: bool = False
 
 
 class ShardSession:
@@ -103,6 +121,8 @@ class ShardSession:
         self.world = dist.get_world_size()
         self.stats = RankStats(self.rank)
         self._start = time.perf_counter()
+        self._pending: list[tuple[str, Phase]] = []  # deferred steps that succeeded here, not yet exchanged
+        self._gathered: list[RankStats] = []  # every rank's counters, from the last exchange
 
     @classmethod
     def for_world(cls) -> ShardSession:
@@ -132,51 +152,98 @@ class ShardSession:
 
     # ------------------------------------------------------------------ agreement
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[Phase]:
+    def phase(self, name: str, *, defer: bool = False) -> Iterator[Phase]:
         """Run one step on every rank; at its end all ranks agree or all raise.
 
         An exception inside the block is held until every rank has finished the
-        step; then every rank raises one :class:`ShardedTransferError` naming
-        each failed rank and its error (the failed rank's own error is its
-        ``__cause__``).
+        step (or, when others deferred theirs, reached their next exchange);
+        then every rank raises one :class:`ShardedTransferError` naming each
+        failed rank and its error (the failed rank's own error is its
+        ``__cause__``). With ``defer`` (or ``Phase.defer`` set inside the block),
+        a success is compared at the next exchange (see the module docstring).
         """
-        state = Phase()
-        error: BaseException | None = None
+        state = Phase(defer=defer)
         try:
             yield state
         except BaseException as exc:  # held, then raised on every rank alike
-            error = exc
-        if self._all_well(name, error is None, state.digest):  # one small all_reduce in the usual case
-            return
-        outcome = None if error is None else f"{type(error).__name__}: {error}"
-        gathered = self._all_gather(name, (self.rank, outcome, state.digest))
-        failures = {r: text for r, text, _ in gathered if text is not None}
-        if failures:
-            ranks = ", ".join(str(r) for r in sorted(failures))
-            lines = "\n  ".join(f"rank {r}: {failures[r]}" for r in sorted(failures))
-            raise ShardedTransferError(
-                f"the sharded transfer failed on rank(s) {ranks} while it was at '{name}'; every rank stopped "
-                f"there{self._untouched(name)}:\n  {lines}",
-                failures=failures,
-                phase=name,
-            ) from error
-        digests = {r: d for r, _, d in gathered}
-        self._disagree(name, state, digests)
+            if getattr(exc, "_agreed", False):  # an exchange inside the step already stopped every rank
+                raise
+            self._exchange(name, failure=exc)
+            raise AssertionError("unreachable: a failed step's exchange raises")  # pragma: no cover
+        self._pending.append((name, state))
+        if not state.defer:
+            self._exchange(name)
 
-    def _all_well(self, name: str, ok: bool, step_digest: str | None) -> bool:
-        """Whether every rank succeeded with the same digest: ``all_reduce(MAX)`` of (failed, h, -h)."""
+    def flush(self, label: str) -> None:
+        """Exchange the deferred steps now, if any (before data moves between ranks)."""
+        if self._pending:
+            self._exchange(label)
+
+    def _exchange(self, label: str, *, failure: BaseException | None = None, seed: int = 0) -> list[list[int]]:
+        """One ``all_gather`` of (failed, where, digests, seed, counters); raises on every rank if anything is wrong.
+
+        Returns every rank's row; the counters become :meth:`gather_stats`'s answer.
+        """
         import torch.distributed as dist
 
-        h = int(step_digest, 16) & (2**62 - 1) if step_digest else 0
-        flags = torch.tensor([0 if ok else 1, h, -h], dtype=torch.int64)
+        pending, self._pending = self._pending, []
+        digests = [(n, p.digest) for n, p in pending]
+        self.stats.seconds = time.perf_counter() - self._start
+        row = [0 if failure is None else 1, _hash(label), _hash(digests), seed, self.stats.bytes_read,
+               self.stats.bytes_received, round(self.stats.seconds * 1e6)]
+        mine = torch.tensor(row, dtype=torch.int64)
+        rows = [torch.empty_like(mine) for _ in range(self.world)]
         try:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+            dist.all_gather(rows, mine, group=self.group)
         except Exception as exc:  # a rank that died, or did not come within the timeout
-            raise self._unreachable(name, exc) from exc
-        return int(flags[0]) == 0 and int(flags[1]) == -int(flags[2])
+            raise _agreed(self._unreachable(label, exc)) from exc
+        table = [r.tolist() for r in rows]
+        self._gathered = [RankStats(r, bytes_read=t[4], bytes_received=t[5], seconds=t[6] / 1e6)
+                          for r, t in enumerate(table)]
+        if any(t[0] for t in table) or len({(t[1], t[2]) for t in table}) > 1:
+            self._stop(label, failure, pending)
+        return table
 
-    def _disagree(self, name: str, state: Phase, digests: dict[int, str | None]) -> None:
-        mine = state.details() if state.details is not None else {}
+    def _stop(self, label: str, failure: BaseException | None, pending: list[tuple[str, Phase]]) -> NoReturn:
+        """Something is wrong on some rank: gather what each rank did and raise the same error everywhere."""
+        outcome = None if failure is None else f"{type(failure).__name__}: {failure}"
+        gathered = self._all_gather(label, {"label": label, "failure": outcome,
+                                            "steps": [(n, p.digest) for n, p in pending]})
+        order: list[str] = []
+        for g in gathered:  # every step any rank took, in the order they run
+            order += [n for n, _ in g["steps"] if n not in order]
+            if g["failure"] is not None and g["label"] not in order:
+                order.append(g["label"])
+        failures = {r: g["failure"] for r, g in enumerate(gathered) if g["failure"] is not None}
+        for name in order:
+            failed = [r for r in failures if gathered[r]["label"] == name]
+            if failed:
+                ranks = ", ".join(str(r) for r in sorted(failures))
+                lines = "\n  ".join(
+                    f"rank {r}: {failures[r]}" if gathered[r]["label"] == name
+                    else f"rank {r} (at '{gathered[r]['label']}'): {failures[r]}" for r in sorted(failures))
+                raise _agreed(ShardedTransferError(
+                    f"the sharded transfer failed on rank(s) {ranks} while it was at '{name}'; every rank "
+                    f"stopped{self._untouched(gathered)}:\n  {lines}",
+                    failures=failures, phase=name)) from failure
+            theirs = [dict(g["steps"]).get(name, _NOT_REACHED) for g in gathered]
+            if _NOT_REACHED in theirs:  # some rank went another way (a dry run beside a transfer)
+                self._out_of_step(name, gathered, failure)
+            if len(set(theirs)) > 1:
+                self._disagree(name, dict(pending).get(name), gathered, failure)
+        self._out_of_step(gathered[0]["label"], gathered, failure)  # the same steps, but met at different points
+
+    def _out_of_step(self, name: str, gathered: list[dict[str, Any]], failure: BaseException | None) -> NoReturn:
+        where = ", ".join(f"rank {r} at '{g['label']}'" for r, g in enumerate(gathered))
+        raise _agreed(ShardedTransferError(
+            f"the ranks are out of step at '{name}' ({where}): each rank decided on its own which steps to take, "
+            f"and the decisions differ; every rank stopped{self._untouched(gathered)}. Give every rank the same "
+            "source, the same model and the same arguments",
+            failures={}, phase=name)) from failure
+
+    def _disagree(self, name: str, state: Phase | None, gathered: list[dict[str, Any]],
+                  failure: BaseException | None) -> NoReturn:
+        mine = state.details() if state is not None and state.details is not None else {}
         everyone = self._all_gather(name, mine)
         reference = everyone[0]
         lines: list[str] = []
@@ -185,17 +252,20 @@ class ShardSession:
                 if reference.get(item) != theirs.get(item):
                     lines.append(f"{item}: rank 0 {reference.get(item, '(absent)')}; rank {r} {theirs.get(item, '(absent)')}")
         shown = "\n  ".join(lines[:12]) + (f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else "")
-        raise ShardedTransferError(
+        digests = {r: dict(g["steps"]).get(name) for r, g in enumerate(gathered)}
+        raise _agreed(ShardedTransferError(
             f"the ranks do not agree at '{name}' (each rank resolved and planned on its own, and the results "
-            f"differ); every rank stopped there{self._untouched(name)}. Give every rank the same source and the "
+            f"differ); every rank stopped{self._untouched(gathered)}. Give every rank the same source and the "
             f"same model:\n  {shown or 'digests ' + str(digests)}",
             failures={},
             phase=name,
-        )
+        )) from failure
 
     @staticmethod
-    def _untouched(name: str) -> str:
-        return ", and no rank changed its model" if name != "commit" else ""
+    def _untouched(gathered: list[dict[str, Any]]) -> str:
+        if any(g["label"] == "commit" for g in gathered):  # a failed commit undid its writes; the others' stand
+            return "; the ranks whose commit succeeded keep their new shards, so the model is incomplete"
+        return ", and no rank changed its model"
 
     def _all_gather(self, name: str, payload: Any) -> list[Any]:
         import torch.distributed as dist
@@ -204,14 +274,14 @@ class ShardSession:
         try:
             dist.all_gather_object(out, payload, group=self.group)
         except Exception as exc:  # a rank that died, or did not come within the timeout
-            raise self._unreachable(name, exc) from exc
+            raise _agreed(self._unreachable(name, exc)) from exc
         return out
 
     def _unreachable(self, name: str, exc: Exception) -> ShardedTransferError:
+        untouched = ", and no rank changed its model" if name != "commit" else ""
         return ShardedTransferError(
             f"rank {self.rank}: not every rank reached '{name}' within {self.timeout.total_seconds():.0f} s "
-            f"(a rank died or hangs: {type(exc).__name__}: {str(exc)[:300]}); this rank stopped there"
-            f"{self._untouched(name)}",
+            f"(a rank died or hangs: {type(exc).__name__}: {str(exc)[:300]}); this rank stopped there{untouched}",
             failures={self.rank: f"{type(exc).__name__}: {str(exc)[:300]}"},
             phase=name,
         )
@@ -220,13 +290,16 @@ class ShardSession:
         """``seed`` itself, or, for ``None``, a seed drawn on rank 0 (from its global RNG) for every rank.
 
         Without it, ranks whose global RNGs differ would compute different full
-        inits and keep regions of different tensors.
+        inits and keep regions of different tensors. For ``None`` this is an
+        exchange (every rank must call it at the same point); call it only when
+        a seed is needed, as one process draws one only when something random runs.
         """
         from weightsurgery.init.seeding import base_seed
 
         if seed is not None:
             return seed
-        return int(self._all_gather("seed", base_seed(None))[0])
+        drawn = base_seed(None) if self.rank == 0 else 0
+        return int(self._exchange("seed", seed=drawn)[0][3])
 
     # ------------------------------------------------------------------ data
     def broadcast(self, tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
@@ -239,6 +312,7 @@ class ShardSession:
         """
         import torch.distributed as dist
 
+        self.flush("broadcast")  # the ranks agree on what they decided before any data moves
         flag = torch.tensor([1 if (self.rank != 0 or tensor is not None) else 0], dtype=torch.int64)
         dist.broadcast(flag, src=0, group=self.group)
         if not int(flag.item()):
@@ -256,9 +330,30 @@ class ShardSession:
         return out
 
     def gather_stats(self) -> list[RankStats]:
-        """Every rank's :class:`RankStats`, in rank order, on every rank."""
-        self.stats.seconds = time.perf_counter() - self._start
-        return [RankStats(**s) for s in self._all_gather("report", vars(self.stats))]
+        """Every rank's :class:`RankStats`, in rank order, on every rank, as of the last exchange.
+
+        Exchanges the deferred steps first, if any (a dry run ends after planning);
+        otherwise no collective: every exchange carries the counters. ``seconds``
+        is a rank's time from the start of the transfer to its last exchange.
+        """
+        self.flush("report")
+        if not self._gathered:
+            self._exchange("report")
+        return list(self._gathered)
+
+
+_NOT_REACHED = "(not reached)"
+
+
+def _hash(value: Any) -> int:
+    """A 63-bit integer hash of a JSON-serialisable value (it travels in an int64 tensor)."""
+    return int(digest(value), 16) >> 1
+
+
+def _agreed(error: ShardedTransferError) -> ShardedTransferError:
+    """Mark ``error`` as raised by an exchange: a step that sees it stops without exchanging again."""
+    error._agreed = True  # type: ignore[attr-defined]
+    return error
 
 
 def _timeout_of(group: Any) -> timedelta:
