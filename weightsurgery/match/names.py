@@ -12,7 +12,7 @@ import itertools
 import operator
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from weightsurgery.errors import PlanError
@@ -150,19 +150,30 @@ def match_prefix(ctx: MatchContext) -> StrategyResult:
     open_targets, open_sources = ctx.open_sets()
     found = _Candidates()
     heads: set[str] = set()  # the open source keys' first components
-    found.add("stripped", _collect(ctx.open_sources, open_targets, True, heads))
+    tensors = ctx.target.tensors
+    found.add("stripped", _collect(ctx.open_sources, open_targets, True, heads, lambda k: tensors[k].key))
     found.add("added", _collect(_holding(ctx.open_targets, heads), open_sources, False))
     return found.assign(ctx)
 
 
 def _collect(
-    keys: Iterable[str], other: AbstractSet[str], stripped: bool, heads: set[str] | None = None
+    keys: Iterable[str],
+    other: AbstractSet[str],
+    stripped: bool,
+    heads: set[str] | None = None,
+    canonical: Callable[[str], str] | None = None,
 ) -> dict[str, _Group]:
     """prefix -> the candidates ``key = prefix + rest`` with ``rest`` in ``other``, in key order.
 
-    ``heads``, when given, receives each key's first component.
+    ``heads``, when given, receives each key's first component. ``canonical``,
+    when given, maps a ``rest`` found in ``other`` to the key object ``other``
+    holds. The candidates then keep that object, not the slice just made. Every
+    later set and dict step on it is then a pointer comparison. The slices die
+    at once, so on 200k keys memory holds one slice, not 200k (about 15 MB
+    fewer strings that every lookup would otherwise touch).
     """
     found: dict[str, _Group] = {}
+    keep = canonical if canonical is not None else _same
     for key in keys:
         dot = key.find(".")
         if dot < 0:
@@ -179,6 +190,7 @@ def _collect(
                 group = found.get(key[:start])
                 if group is None:
                     group = found[key[:start]] = _Group()
+                rest = keep(rest)
                 group.targets.append(rest if stripped else key)
                 group.sources.append(key if stripped else rest)
             dot = key.find(".", start)
@@ -186,6 +198,10 @@ def _collect(
                 break
             component = key[start:dot]
     return found
+
+
+def _same(key: str) -> str:
+    return key
 
 
 def _holding(keys: Sequence[str], heads: AbstractSet[str]) -> Sequence[str]:

@@ -49,7 +49,7 @@ NAME_STRATEGIES = frozenset({"exact", "prefix", "wrappers", "suffix"})
 #: Leaves that one side may hold and the other not, with no change of layer kind.
 _OPTIONAL_LEAVES = frozenset({"num_batches_tracked"})
 
-_MODULE, _LAST = operator.attrgetter("module"), operator.itemgetter(2)
+_MODULE, _FIRST, _LAST = operator.attrgetter("module"), operator.itemgetter(0), operator.itemgetter(2)
 
 Leaves = dict[str, int]  # leaf name -> rank
 
@@ -141,11 +141,7 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
     refused: list[Abstain] = []
     for part in result.matches.parts if isinstance(result.matches, Matches) else [result.matches]:
         if isinstance(part, MatchRun):
-            suspects = [(t, s) for t, s in zip(part.targets, part.sources) if tensors[t].module in owners]
-            bad = {
-                t for t, s in suspects
-                if _refuse(Match(t, s, part.strategy, part.evidence), ctx, cache, refused)  # type: ignore[arg-type]
-            }
+            bad = _refused_in_run(part, ctx, owners, cache, refused)
             if bad:
                 kept_pairs = [(t, s) for t, s in zip(part.targets, part.sources) if t not in bad]
                 part = MatchRun([t for t, _ in kept_pairs], [s for _, s in kept_pairs], part.strategy, part.evidence)
@@ -160,6 +156,48 @@ def refuse_shifted_numbering(result: StrategyResult, ctx: MatchContext, cache: d
     if not refused:
         return result
     return StrategyResult(kept, [*result.abstentions, *refused])
+
+
+def _refused_in_run(
+    run: MatchRun, ctx: MatchContext, owners: set[str], cache: dict[str, object], refused: list[Abstain]
+) -> set[str]:
+    """The targets of ``run`` refused for a shifted numbering; their abstentions go to ``refused``.
+
+    A verdict depends only on the pair of modules that hold the two tensors,
+    so each distinct pair is judged once. A 200k-key MoE run has a few
+    thousand module pairs: the per-key work is C-level passes (``map``,
+    ``zip``, a set), with no Python step or :class:`Match` per key unless a
+    pair is refused.
+    """
+    tensors = ctx.target.tensors
+    t_modules = list(map(_MODULE, map(tensors.__getitem__, run.targets)))
+    suspect = list(map(owners.__contains__, t_modules))
+    if not any(suspect):
+        return set()
+    targets = list(itertools.compress(run.targets, suspect))
+    sources = list(itertools.compress(run.sources, suspect))
+    dots = itertools.repeat(".")
+    # the owners as _containers reads them, from the keys (a parametrized tensor's key runs deeper than its module)
+    pairs = list(zip(map(_FIRST, map(str.rpartition, targets, dots)), map(_FIRST, map(str.rpartition, sources, dots))))
+    shifted = {pair for pair in set(pairs) if _shifted(pair, cache, ctx)}
+    if not shifted:
+        return set()
+    bad: set[str] = set()
+    for t, s, pair in zip(targets, sources, pairs):
+        if pair in shifted and _refuse(Match(t, s, run.strategy, run.evidence), ctx, cache, refused):
+            bad.add(t)
+    return bad
+
+
+def _shifted(modules: tuple[str, str], cache: dict[str, object], ctx: MatchContext) -> bool:
+    """Whether the numbered containers of a ``(target module, source module)`` pair disagree (same index)."""
+    (t_container, _, t_index), (s_container, _, s_index) = modules[0].rpartition("."), modules[1].rpartition(".")
+    if not t_index.isdigit() or t_index != s_index:
+        return False
+    numbering = cache.get("numbering")
+    if numbering is None:
+        numbering = cache["numbering"] = _Numbering(ctx)
+    return numbering.contradiction(t_container, s_container) is not None  # type: ignore[attr-defined]
 
 
 def _refuse(m: Match, ctx: MatchContext, cache: dict[str, object], refused: list[Abstain]) -> bool:
