@@ -1,4 +1,4 @@
-"""``transfer(src, dst)``: resolve, plan, validate, apply, report."""
+"""``transfer(src, dst)``: resolve, plan, validate, apply, report (the report is built in ``transfer_report``)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,16 @@ from weightsurgery._memory import overlap_notes
 from weightsurgery.apply import ApplyResult, apply_plan, complete_plan, validate_plan
 from weightsurgery.distributed import ShardSession, agree_on_plan, apply_sharded, phase, session_for
 from weightsurgery.errors import CoverageError, StrictTransferError
-from weightsurgery.extra_state import check_strict_extra_state, extra_state_plan, unused_extra_state
+from weightsurgery.extra_state import check_strict_extra_state
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.options import MatchingOptions, PlanOptions
 from weightsurgery.match.planner import make_plan, plan_unused
 from weightsurgery.match.related import unrelated_reason
 from weightsurgery.match.target import TargetSpec
-from weightsurgery.report import KeyRecord, Report, entry_loaded_numel
+from weightsurgery.report import Report
 from weightsurgery.sources.checkpoint import Checkpoint
 from weightsurgery.sources.resolve import resolve
+from weightsurgery.transfer_report import build_report, loaded_numel
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -217,8 +218,8 @@ def _run(
         result = apply(the_plan, checkpoint, module, target, init_rules=rules, seed=seed, freeze=freeze,
                        progress=progress, constructor=replay.values if replay is not None else None)
     ranks = [s.to_dict() for s in session.gather_stats()] if session is not None else []
-    report = _report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes, model=module,
-                     ranks=ranks)
+    report = build_report(the_plan, checkpoint, target, rules, result, applied=not dry_run, warnings=notes,
+                          model=module, ranks=ranks)
     logger.info("weightsurgery: %s", report.summary())
     return report
 
@@ -308,7 +309,7 @@ def _merge_recipe(recipe: Any, options: PlanOptions, init: Any) -> tuple[PlanOpt
 def _check_coverage(plan: Plan, target: TargetSpec, checkpoint: Checkpoint, required: float | None) -> list[str]:
     filled = [k for k, e in plan.entries.items() if e.action in (Action.LOAD, Action.ADAPT)]
     total = sum(t.numel for t in target.tensors.values())
-    loaded = sum(_loaded_numel(plan.entries[k], target, checkpoint) for k in filled)  # a grown head: its copied rows
+    loaded = sum(loaded_numel(plan.entries[k], target, checkpoint) for k in filled)  # a grown head: its copied rows
     coverage = loaded / total if total else 1.0
     tensor_coverage = len(filled) / len(target.tensors) if target.tensors else 1.0
     notes = []
@@ -360,86 +361,3 @@ def _check_strict(plan: Plan, init_keys: list[str]) -> None:
         missing=init_keys,
         unused=plan.unused,
     )
-
-
-def _report(
-    plan: Plan, checkpoint: Checkpoint, target: TargetSpec, rules: Any, result: ApplyResult, *,
-    applied: bool, warnings: list[str], model: nn.Module, ranks: list[dict[str, Any]] | None = None,
-) -> Report:
-    records: dict[str, KeyRecord] = {}
-    status = {Action.LOAD: "loaded", Action.ADAPT: "adapted", Action.INIT: "initialized", Action.TIED: "tied"}
-    for key, e in plan.entries.items():
-        t = target.tensors[target.canonical(key)]
-        src_meta = checkpoint.metas.get(e.source) if e.source and e.action is not Action.INIT else None
-        spec = rule = None
-        state = status[e.action]
-        if e.action is Action.INIT:
-            spec, rule, kept = _init_of(key, t, rules, result, applied=applied)
-            state = "kept" if kept else state
-        elif e.action is Action.ADAPT:  # the new rows of a grown head or vocabulary
-            spec, rule = _fill_of(e, t, rules, result)
-        records[key] = KeyRecord(
-            target=key,
-            status=state,  # type: ignore[arg-type]
-            target_shape=t.shape,
-            target_dtype=str(t.dtype).removeprefix("torch."),
-            numel=t.numel,
-            source=e.source if e.action in (Action.LOAD, Action.ADAPT) else None,
-            sources=e.sources,
-            strategy=e.strategy,
-            evidence=e.evidence,
-            source_shape=e.source_shape,
-            source_dtype=str(src_meta.dtype).removeprefix("torch.") if src_meta else None,
-            adapter=e.adapter,
-            adapter_args=dict(e.adapter_args),
-            init_spec=spec,
-            init_rule=rule,
-            alias_of=e.alias_of,
-            loaded_numel=_partial(e, target, checkpoint),
-        )
-    source_extra = checkpoint.metadata.get("extra_state", {})
-    extra = extra_state_plan(plan, target, source_extra)
-    return Report(records, origin=checkpoint.origin, plan=plan, applied=applied, unused=plan.unused,
-                  frozen=result.frozen, warnings=warnings, model=model, extra_state=extra,
-                  unused_extra_state=unused_extra_state(extra, source_extra), ranks=ranks or ())
-
-
-def _loaded_numel(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int:
-    meta = checkpoint.metas.get(e.source_keys[0]) if e.source_keys else None
-    shape = e.source_shape or (meta.shape if meta else None)
-    return entry_loaded_numel(e, target.tensors[e.target].shape, shape)
-
-
-def _partial(e: Any, target: TargetSpec, checkpoint: Checkpoint) -> int | None:
-    """The loaded elements of an adapted key that gained rows; ``None`` when all came from the source."""
-    if e.action is not Action.ADAPT:
-        return None
-    n = _loaded_numel(e, target, checkpoint)
-    return n if n < target.tensors[e.target].numel else None
-
-
-def _fill_of(e: Any, t: Any, rules: Any, result: ApplyResult) -> tuple[str | None, str | None]:
-    if e.target in result.init_specs:
-        return result.init_specs[e.target], result.init_rules.get(e.target)
-    from weightsurgery.adapt import get_adapter
-
-    if not get_adapter(e.adapter or "").needs_fill(e.adapter_args):
-        return None, None
-    return _predicted(e.target, t, rules)[:2]  # a dry run: what apply would use
-
-
-def _init_of(key: str, t: Any, rules: Any, result: ApplyResult, *, applied: bool) -> tuple[str, str | None, bool]:
-    """A leftover's spec, rule and whether it keeps its constructor's values (predicted for a dry run)."""
-    if applied and key in result.init_specs:
-        return result.init_specs[key], result.init_rules.get(key), key in result.kept
-    return _predicted(key, t, rules)
-
-
-def _predicted(key: str, t: Any, rules: Any) -> tuple[str, str | None, bool]:
-    """What apply would give ``key``: its spec, rule, and whether it keeps its constructor's values."""
-    from weightsurgery.init import CONSTRUCTOR, Keep
-
-    chosen, rule = rules.select(key, t.module_type, is_buffer=t.is_buffer)
-    if isinstance(chosen, Keep):
-        return CONSTRUCTOR, rule, True
-    return chosen.describe(), rule, False
