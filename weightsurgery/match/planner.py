@@ -34,10 +34,11 @@ from weightsurgery.match.base import MatchContext, Strategy
 from weightsurgery.match.claims import READS, Claims
 from weightsurgery.match.decide import Decider
 from weightsurgery.match.layout import MismatchPolicy, check_layout
-from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, match_prefix, rename_strategy
+from weightsurgery.match.names import compile_rename, explicit_strategy, match_exact, rename_strategy
 from weightsurgery.match.options import PlanOptions, check_key_forms
 from weightsurgery.match.numbering import NAME_STRATEGIES, refuse_shifted_numbering
 from weightsurgery.match.plan import Action, Plan, PlanEntry
+from weightsurgery.match.prefix import match_prefix
 from weightsurgery.match.related import veto_unrelated
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import TensorMeta
