@@ -20,6 +20,7 @@ import torch
 
 from weightsurgery.distributed.placement import Region
 from weightsurgery.errors import CorruptCheckpointError
+from weightsurgery.sources._fileread import POPULATE_FROM, populate
 
 __all__ = ["RangedReader"]
 
@@ -70,6 +71,8 @@ class RangedReader:
         out = torch.empty(region.local_shape, dtype=meta.dtype, pin_memory=pin)
         flat = out.reshape(-1).view(torch.uint8)
         runs = region.runs(itemsize=meta.dtype.itemsize)
+        if len(runs) > 1 and flat.numel() >= POPULATE_FROM:  # many short runs (a Shard(1) shard): fault in once
+            populate(memoryview(flat.numpy()))
         read_into = getattr(header, "read_into", None)
         if callable(read_into):
             pos = 0
