@@ -275,11 +275,11 @@ def _entry(key: str, entry: object, source: object) -> tuple[TensorMeta, tuple[i
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)  # one C-level pass; called for every object of the header (one per tensor)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        k = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {k!r}")
     return out
 
 

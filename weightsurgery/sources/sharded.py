@@ -141,6 +141,9 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
     readers: dict[str, Callable[[str], torch.Tensor]] = {}
     located: dict[str, SafetensorsHeader] = {}  # key -> the safetensors shard it is read from
     lacking: list[str] = []
+    named: dict[str, list[str]] = {name: [] for name in shards}  # shard -> the keys the index maps to it
+    for k, shard in weight_map.items():
+        named[shard].append(k)
     try:
         for name in shards:
             path = index.parent / name
@@ -161,7 +164,7 @@ def open_index(index: Path, *, key: str | None, weights_only: bool, location: st
                         located[k] = headers[-1]
                 else:
                     logger.debug("ignoring %r in shard %s: the index maps it elsewhere or not at all", k, name)
-            lacking += [f"{k} (in {name})" for k, shard in weight_map.items() if shard == name and k not in metas]
+            lacking += [f"{k} (in {name})" for k in named[name] if k not in metas]
         if lacking:
             raise CorruptCheckpointError(
                 f"{index} maps keys to shards that do not hold them: {', '.join(lacking[:20])}; "
