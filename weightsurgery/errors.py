@@ -25,6 +25,7 @@ The tree mixes in the built-in exception a caller would naturally catch, so
     ├── StrictTransferError(RuntimeError)             strict=True and keys were left over
     ├── CoverageError(RuntimeError)                   coverage under min_coverage=
     ├── ShardedTransferError(RuntimeError)            a sharded (DTensor) transfer failed on some rank: the same error on every rank
+    │   └── RankUnreachableError                      a rank died (killed, crashed) or hangs: the survivors name it
     ├── AdapterError(ValueError)                      an adapter whose conditions do not hold
     ├── RecipeError(ValueError)                       a recipe file or field that is malformed
     ├── InitSpecError(ValueError)                     a bad init spec or rule; lists the valid ones
@@ -65,6 +66,7 @@ __all__ = [
     "OutputExistsError",
     "OutputWriteError",
     "PlanError",
+    "RankUnreachableError",
     "RecipeError",
     "ShapeMismatchError",
     "ShardedTransferError",
@@ -313,6 +315,22 @@ class ShardedTransferError(WeightSurgeryError, RuntimeError):
         super().__init__(message)
         self.failures = dict(failures)
         self.phase = phase
+
+
+class RankUnreachableError(ShardedTransferError):
+    """A rank of a sharded transfer stopped answering (killed, crashed, or hung) within the timeout.
+
+    The surviving ranks cannot exchange their errors any more; each raises this
+    one, naming the ranks that did not answer the roll call.
+
+    Attributes:
+        missing: the ranks that did not answer (empty when that could not be told).
+    """
+
+    def __init__(self, message: str, *, failures: Mapping[int, str], phase: str | None = None,
+                 missing: Sequence[int] = ()) -> None:
+        super().__init__(message, failures=failures, phase=phase)
+        self.missing = tuple(missing)
 
 
 class AdapterError(WeightSurgeryError, ValueError):

@@ -145,7 +145,7 @@ class Report:
         unused_extra_state: source extra-state keys no target module took.
         ranks: for a sharded (DTensor) target, one dict per rank, in rank order:
             ``rank``, ``bytes_read`` (from the file readers' own counters),
-            ``bytes_received`` (by broadcast from rank 0) and ``seconds``; every
+            ``bytes_received`` (its regions sent by rank 0) and ``seconds``; every
             rank gets the same report. ``()`` on one process.
 
     Assigning an attribute raises :class:`dataclasses.FrozenInstanceError`, and

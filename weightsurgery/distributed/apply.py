@@ -3,9 +3,9 @@
 1. **prepare** (local, then agreed): validate the plan, compute the fallback
    init (full tensors, seeded per key, so any world size gets the same full
    tensor), and decide how each entry is read (:class:`~weightsurgery.distributed.stage.Stager`).
-   The ranks compare that schedule (and the seed): they must issue the same broadcasts.
-   When every entry is read by range (no broadcast follows) the comparison
-   waits for the end of the stage, one exchange for both.
+   The ranks compare that schedule (and the seed): they must take part in the
+   same scatters. When every entry is read by range (no scatter follows) the
+   comparison waits for the end of the stage, one exchange for both.
    Non-persistent buffers left on ``meta`` are computed by their modules
    (:mod:`~weightsurgery.distributed.buffers`).
 2. **stage**: every rank builds its local shards, reading only its own byte

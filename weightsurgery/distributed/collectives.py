@@ -13,19 +13,21 @@ seed, this rank's counters). Only when something is wrong do they gather the
 details with ``all_gather_object``; then every rank raises the same
 :class:`~weightsurgery.errors.ShardedTransferError`, built from what was gathered
 alone. A rank that does not answer within the timeout is an error too, never a
-hang.
+hang: the survivors stop at once (no further collective on a broken group) and
+name the ranks that did not answer (:mod:`~weightsurgery.distributed.rollcall`)
+in a :class:`~weightsurgery.errors.RankUnreachableError`.
 
 A step that changes nothing and sends nothing (``defer``: resolving, planning,
 a schedule of local reads) is not exchanged on its own when it succeeds: its
 digest waits for the next exchange, which must come before the model changes or
 any data moves between ranks (the end of a step that is not deferred,
-:meth:`ShardSession.agree_seed`, :meth:`ShardSession.broadcast`,
-:meth:`ShardSession.gather_stats`). A rank whose step fails exchanges at once;
+:meth:`ShardSession.agree_seed`, the first scatter
+(:class:`~weightsurgery.distributed.scatter.Scatter`), :meth:`ShardSession.gather_stats`). A rank whose step fails exchanges at once;
 the others meet it at their next exchange, so every rank makes the same
 exchanges in the same order. Where ranks reach different exchanges (they took
 different paths), the hash of where each rank is tells them apart, and they stop
 together. A transfer from a safetensors file makes two exchanges: after staging
-and after the commit. Collectives inside a phase (a broadcast from rank 0) are
+and after the commit. Collectives inside a phase (a scatter from rank 0) are
 issued by every rank whatever happened locally, so no rank waits on another that
 gave up.
 """
@@ -44,7 +46,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from weightsurgery.errors import ShardedTransferError
+from weightsurgery.distributed.rollcall import new_serial, roll_call
+from weightsurgery.errors import RankUnreachableError, ShardedTransferError
 
 __all__ = ["Phase", "RankStats", "ShardSession", "digest"]
 
@@ -71,7 +74,7 @@ class RankStats:
     Attributes:
         rank: the global rank.
         bytes_read: tensor bytes this rank read from files (the readers' own counters).
-        bytes_received: tensor bytes it received by broadcast (sources that cannot be read by range).
+        bytes_received: tensor bytes it received from rank 0 (its regions of tensors only rank 0 can make).
         seconds: wall time of the transfer on this rank.
     """
 
@@ -120,6 +123,7 @@ class ShardSession:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.stats = RankStats(self.rank)
+        self.serial = new_serial()
         self._start = time.perf_counter()
         self._pending: list[tuple[str, Phase]] = []  # deferred steps that succeeded here, not yet exchanged
         self._gathered: list[RankStats] = []  # every rank's counters, from the last exchange
@@ -168,6 +172,8 @@ class ShardSession:
         except BaseException as exc:  # held, then raised on every rank alike
             if getattr(exc, "_agreed", False):  # an exchange inside the step already stopped every rank
                 raise
+            if isinstance(exc, RankUnreachableError):  # the group is broken: no exchange can finish
+                raise
             self._exchange(name, failure=exc)
             raise AssertionError("unreachable: a failed step's exchange raises")  # pragma: no cover
         self._pending.append((name, state))
@@ -193,10 +199,11 @@ class ShardSession:
                self.stats.bytes_received, round(self.stats.seconds * 1e6)]
         mine = torch.tensor(row, dtype=torch.int64)
         rows = [torch.empty_like(mine) for _ in range(self.world)]
+        started = time.monotonic()
         try:
             dist.all_gather(rows, mine, group=self.group)
         except Exception as exc:  # a rank that died, or did not come within the timeout
-            raise _agreed(self._unreachable(label, exc)) from exc
+            raise _agreed(self.unreachable(label, exc, started)) from exc
         table = [r.tolist() for r in rows]
         self._gathered = [RankStats(r, bytes_read=t[4], bytes_received=t[5], seconds=t[6] / 1e6)
                           for r, t in enumerate(table)]
@@ -271,19 +278,36 @@ class ShardSession:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
+        started = time.monotonic()
         try:
             dist.all_gather_object(out, payload, group=self.group)
         except Exception as exc:  # a rank that died, or did not come within the timeout
-            raise _agreed(self._unreachable(name, exc)) from exc
+            raise _agreed(self.unreachable(name, exc, started)) from exc
         return out
 
-    def _unreachable(self, name: str, exc: Exception) -> ShardedTransferError:
-        untouched = ", and no rank changed its model" if name != "commit" else ""
-        return ShardedTransferError(
-            f"rank {self.rank}: not every rank reached '{name}' within {self.timeout.total_seconds():.0f} s "
-            f"(a rank died or hangs: {type(exc).__name__}: {str(exc)[:300]}); this rank stopped there{untouched}",
-            failures={self.rank: f"{type(exc).__name__}: {str(exc)[:300]}"},
-            phase=name,
+    def unreachable(self, name: str, exc: BaseException, started: float) -> RankUnreachableError:
+        """The error for a collective of step ``name`` that failed with ``exc`` (begun at ``time.monotonic()`` ``started``).
+
+        Takes the roll call first (:func:`~weightsurgery.distributed.rollcall.roll_call`), so that the
+        message names the ranks that did not answer; it waits at most the timeout (plus a short grace)
+        after ``started``.
+        """
+        missing, why = roll_call(serial=self.serial, step=name, rank=self.rank, world=self.world,
+                                 started=started, timeout=self.timeout)
+        seconds = f"{self.timeout.total_seconds():.0f} s"
+        cause = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if missing:
+            who = f"rank(s) {', '.join(map(str, missing))} did not answer at '{name}' within {seconds} (killed, crashed or hung)"
+        else:
+            who = (f"not every rank reached '{name}' within {seconds} (a rank died or hangs; which one cannot be "
+                   f"told: {why or 'every rank answered the roll call'})")
+        failures = {r: f"did not answer at '{name}' within {seconds}" for r in missing}
+        failures[self.rank] = cause
+        after = ("; the ranks that answered may have written their shards, so the model is incomplete: restart "
+                 "the job" if name == "commit" else ", and no rank changed its model")
+        return RankUnreachableError(
+            f"rank {self.rank}: {who}; this rank stopped there{after} ({cause})",
+            failures=failures, phase=name, missing=missing,
         )
 
     def agree_seed(self, seed: int | None) -> int:
@@ -302,33 +326,6 @@ class ShardSession:
         return int(self._exchange("seed", seed=drawn)[0][3])
 
     # ------------------------------------------------------------------ data
-    def broadcast(self, tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-        """Send rank 0's ``tensor`` to every rank; ``None`` on every rank when rank 0 has none to send.
-
-        Rank 0 passes the tensor (or ``None`` when it failed to make it); the
-        other ranks pass ``None`` and get a new tensor of ``shape`` and ``dtype``.
-        Every rank calls this for the same tensors in the same order. The bytes
-        travel as raw bytes, so any dtype works on any backend.
-        """
-        import torch.distributed as dist
-
-        self.flush("broadcast")  # the ranks agree on what they decided before any data moves
-        flag = torch.tensor([1 if (self.rank != 0 or tensor is not None) else 0], dtype=torch.int64)
-        dist.broadcast(flag, src=0, group=self.group)
-        if not int(flag.item()):
-            return None
-        if self.rank == 0:
-            assert tensor is not None  # noqa: S101 - the flag said so
-            buf = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            out = tensor
-        else:
-            out = torch.empty(shape, dtype=dtype)
-            buf = out.reshape(-1).view(torch.uint8)
-            self.stats.bytes_received += buf.numel()
-        if buf.numel():
-            dist.broadcast(buf, src=0, group=self.group)
-        return out
-
     def gather_stats(self) -> list[RankStats]:
         """Every rank's :class:`RankStats`, in rank order, on every rank, as of the last exchange.
 

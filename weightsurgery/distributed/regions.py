@@ -8,7 +8,8 @@ in, a split takes its rows out of the fused source, a transpose reads the
 permuted region. :func:`source_regions` says, for one plan entry, which region
 of each source key to read; :func:`assemble` makes the local target tensor from
 what was read. Other adapters (a position-embedding resample) need the whole
-tensor and return ``None``: rank 0 computes them and broadcasts.
+tensor and return ``None``: rank 0 computes them and sends each rank its region
+(:mod:`~weightsurgery.distributed.scatter`).
 """
 
 from __future__ import annotations

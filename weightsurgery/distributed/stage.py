@@ -10,11 +10,12 @@ that every rank decides the same (the schedule is compared across ranks):
 ``memory``
     the source is already in this process (a state dict, a module): each rank
     takes its region of it.
-``broadcast``
+``scatter``
     the source cannot be read by range (a torch pickle), or the adapter needs
     the whole tensor (a position-embedding resample): rank 0 makes the full
-    tensor, one tensor at a time, and broadcasts it; each rank keeps its region
-    and drops the rest, so memory holds at most one full tensor beyond the shards.
+    tensor, one tensor at a time, and sends each rank only its region
+    (:mod:`~weightsurgery.distributed.scatter`), so rank 0's memory holds at most
+    one full tensor beyond its shards, and the others' only their shards.
 
 The staged value of a DTensor target is a DTensor with the target's mesh,
 placements, global shape and stride, built from the local tensor with
@@ -25,6 +26,7 @@ in place of a ``meta`` one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -33,6 +35,8 @@ from weightsurgery.distributed.collectives import ShardSession
 from weightsurgery.distributed.placement import Region, full_region, local_region
 from weightsurgery.distributed.ranged import RangedReader
 from weightsurgery.distributed.regions import Piece, assemble, source_regions
+from weightsurgery.distributed.scatter import Scatter
+from weightsurgery.errors import RankUnreachableError
 from weightsurgery.match.plan import Action, PlanEntry
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 
@@ -108,15 +112,15 @@ class Stager:
         return self._regions[key]
 
     def mode(self, entry: PlanEntry) -> str:
-        """``"ranged"``, ``"memory"`` or ``"broadcast"`` for ``entry`` (see the module docstring)."""
+        """``"ranged"``, ``"memory"`` or ``"scatter"`` for ``entry`` (see the module docstring)."""
         region = self.region(entry.target)
         if source_regions(entry, region, self.shapes) is None:
-            return "memory" if self.checkpoint.origin.kind in IN_MEMORY else "broadcast"
+            return "memory" if self.checkpoint.origin.kind in IN_MEMORY else "scatter"
         if self.checkpoint.origin.kind in IN_MEMORY:
             return "memory"
         if all(RangedReader.can_read(self.checkpoint.locate(k)) for k in entry.source_keys):
             return "ranged"
-        return "broadcast"
+        return "scatter"
 
     # ------------------------------------------------------------ staging
     def stage_all(
@@ -131,23 +135,31 @@ class Stager:
 
         Returns:
             The staged values, and the first error this rank met (``None`` if none).
-            After an error, this rank still takes part in every broadcast.
+            After an error, this rank still takes part in every scatter; after a rank
+            stopped answering (:class:`~weightsurgery.errors.RankUnreachableError`), in none.
         """
         staged: dict[str, torch.Tensor] = {}
         error: BaseException | None = None
         fills = dict(fills)
-        for entry in copies:  # a whole-tensor adapter's DTensor fill, gathered by every rank before any local step
-            fill = fills.get(entry.target)
-            if fill is not None and is_dtensor(fill) and source_regions(entry, self.region(entry.target),
-                                                                         self.shapes) is None:
-                fills[entry.target] = fill.full_tensor()
+        started = time.monotonic()
+        try:
+            for entry in copies:  # a whole-tensor adapter's DTensor fill, gathered by every rank before any local step
+                fill = fills.get(entry.target)
+                if fill is not None and is_dtensor(fill) and source_regions(entry, self.region(entry.target),
+                                                                             self.shapes) is None:
+                    fills[entry.target] = fill.full_tensor()
+        except Exception as exc:  # a DTensor collective: a rank that died
+            raise self.session.unreachable("stage", exc, started) from exc
+        scattered = [e for e in copies if modes[e.target] == "scatter"]
+        scatter = Scatter(self.session, [self.region(e.target) for e in scattered])
+        order = {e.target: i for i, e in enumerate(scattered)}
         for i, entry in enumerate(copies):
             dst = self.current[entry.target]
             region = self.region(entry.target)
             fill = fills.get(entry.target)
             try:
-                if modes[entry.target] == "broadcast":
-                    local = self._broadcast(entry, region, fill, dst, ok=error is None)
+                if modes[entry.target] == "scatter":
+                    local = self._scatter(scatter, order[entry.target], entry, fill, dst, ok=error is None)
                 elif error is None:
                     local = self._local(entry, region, fill, modes[entry.target])
                 else:
@@ -156,7 +168,10 @@ class Stager:
                     staged[entry.target] = wrap_local(local, dst)
                 if progress is not None and error is None:
                     progress(i + 1, total)
-            except BaseException as exc:  # held (an interrupt too): the other ranks still wait on our broadcasts
+            except RankUnreachableError as exc:  # the group is broken: no further collective can finish
+                error = exc
+                break
+            except BaseException as exc:  # held (an interrupt too): the other ranks still wait on our scatters
                 error = error or exc
         self.session.stats.bytes_read += self.reader.bytes_read
         return staged, error
@@ -181,10 +196,10 @@ class Stager:
         header, stored = self.checkpoint.locate(piece.key)  # type: ignore[misc]
         return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region, pin=self.pin)
 
-    def _broadcast(
-        self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
+    def _scatter(
+        self, scatter: Scatter, i: int, entry: PlanEntry, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
     ) -> torch.Tensor | None:
-        """Rank 0 makes the full tensor and sends it; each rank keeps its region."""
+        """Rank 0 makes the full tensor; each rank receives its region (``None``: rank 0 failed to make it)."""
         plain = entry.action is Action.LOAD
         meta = self.checkpoint.metas[entry.source_keys[0]] if plain else None
         shape = meta.shape if meta is not None else tuple(dst.shape)
@@ -200,12 +215,9 @@ class Stager:
                     raise ValueError(f"{entry.target}: the source gave {tuple(full.shape)} {full.dtype}, "
                                      f"its header says {tuple(shape)} {dtype}")
             except Exception:
-                self.session.broadcast(None, shape, dtype)  # tell the others, then hold the error
+                scatter.send(i, None, dtype)  # tell the others, then hold the error
                 raise
-        got = self.session.broadcast(full, shape, dtype)
-        if got is None:  # rank 0 failed: it reports why at the end of the step
-            return None
-        return got if region.is_full and got is not full else region.take(got)
+        return scatter.send(i, full, dtype)
 
     def _whole(self, entry: PlanEntry, fill: torch.Tensor | None) -> torch.Tensor:
         """The full target tensor of an adapted entry (every source read whole)."""
