@@ -14,16 +14,13 @@ here with the same call.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from launch import left_running, torchrun
 from safetensors.torch import save_file
 from sharded_models import Classifier, TinyLM, pretrained
 
@@ -32,7 +29,6 @@ from weightsurgery import transfer
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
 WORKER = HERE / "sharded_worker.py"
 LM_INIT = {"adapter.*": "normal(std=0.02)"}
 CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "missing", "corrupt",
@@ -128,19 +124,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, list[d
 
 
 def _launch(world: int, config: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-           "--max-restarts=0", str(WORKER), str(config)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        log, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"{world} ranks did not finish within {LAUNCH_TIMEOUT} s:\n{log.decode()[-4000:]}")
-    assert proc.returncode == 0, log.decode()[-6000:]
-    with pytest.raises(ProcessLookupError):  # every rank and the launcher are gone
-        os.killpg(proc.pid, 0)
+        status, log, session = torchrun(world, WORKER, config, timeout=LAUNCH_TIMEOUT)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
+    assert status == 0, log[-6000:]
+    assert left_running(session, str(config)) == []  # every rank and the launcher are gone
 
 
 def _ranks(runs: dict, world: int, case: str) -> list[dict]:
@@ -191,7 +180,7 @@ def test_each_rank_reads_only_its_own_bytes(runs: dict, world: int) -> None:
         assert r["report"]["ranks"][r["rank"]]["bytes_read"] <= bound < total / world * 1.1
 
 
-def test_pickle_source_is_read_on_rank_0_and_broadcast(runs: dict) -> None:
+def test_pickle_source_is_read_on_rank_0_and_scattered(runs: dict) -> None:
     for world in (2, 4):
         stats = _ranks(runs, world, "pickle")[0]["report"]["ranks"]
         assert [s["bytes_read"] for s in stats] == [0] * world
