@@ -9,11 +9,11 @@ survivors can no longer exchange anything through the process group.
 So each survivor reports itself under a key of the job's key-value store (the
 one ``init_process_group`` rendezvoused through: torchrun's agent, or the
 ``MASTER_ADDR`` server) and waits for the others' reports until ``timeout``
-after the failing collective began, plus a short grace for the ranks that
-reached it later (each of those fails at most ``timeout`` after it began to
-wait). The ranks that never report are the missing ones. Every survivor waits
-for the same deadline, so they name the same ranks; nothing runs on the
-healthy path.
+after its failing collective began, plus a short grace for the ranks that
+reached theirs later (each of those fails at most ``timeout`` after it began to
+wait). The ranks that never report are the missing ones, and every survivor
+names the same ones unless a rank reaches its step more than the grace after
+the others. Nothing of this runs on the healthy path.
 """
 
 from __future__ import annotations

@@ -88,12 +88,9 @@ class Scatter:
 
         assert self.everyone is not None  # noqa: S101 - rank 0
         flat = full.reshape(-1).view(torch.uint8)
+        bufs = {rank: _region_bytes(self.everyone[rank][i], full, flat) for rank in range(1, self.session.world)}
         with self._collective():
-            works = []
-            for rank in range(1, self.session.world):
-                buf = _region_bytes(self.everyone[rank][i], full, flat)
-                if buf.numel():
-                    works.append(dist.isend(buf, dst=rank, group=self.session.group))
+            works = [dist.isend(buf, dst=rank, group=self.session.group) for rank, buf in bufs.items() if buf.numel()]
             for work in works:
                 work.wait()
         region = self.mine[i]
