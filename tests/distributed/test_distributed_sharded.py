@@ -244,3 +244,15 @@ def test_a_transfer_read_by_range_agrees_in_two_exchanges(runs: dict, world: int
         want = {"all_gather": 3 if case == "hf_llama" else 2}
         for r in _ranks(runs, world, case):
             assert r["collectives"] == want, (case, r["rank"], r["collectives"])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_pickle_adds_one_flag_and_one_send_per_tensor_to_each_rank_and_nothing_else(runs: dict, world: int) -> None:
+    """A source that cannot be read by range: the schedule is exchanged before the stage (one all_gather more),
+    rank 0 learns the ranks' regions once (one gather_object), then per tensor one flag broadcast and one
+    point-to-point send to each other rank; nothing on the ranged cases' path changes."""
+    for r in _ranks(runs, world, "pickle"):
+        tensors = sum(rec["status"] == "loaded" for rec in r["report"]["records"])
+        sends = {"isend": tensors * (world - 1)} if r["rank"] == 0 else {"recv": tensors}
+        assert tensors > 0
+        assert r["collectives"] == {"all_gather": 3, "gather_object": 1, "broadcast": tensors, **sends}, r["rank"]
