@@ -19,8 +19,11 @@ of itself on the device while a transfer runs. So:
   The device holds the model plus, at most, the temporary that ``copy_`` makes
   for a non-contiguous destination: one tensor.
 
-Tensor subclasses (a DTensor shard) are left where they are: the distributed
-path places its shards itself.
+A sharded target takes the same route: the distributed path stages a DTensor's
+local shard alone, as a plain host tensor (:mod:`weightsurgery.distributed.stage`),
+and commit writes it into the DTensor's ``to_local()``, a plain tensor on the
+mesh's device. A tensor subclass given as such (a DTensor value or undo copy)
+is left where it is.
 """
 
 from __future__ import annotations

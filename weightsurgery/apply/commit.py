@@ -12,11 +12,12 @@ Every change goes through one method of :class:`Commit`:
 
 * :meth:`Commit.write`: a staged value copied in place into a materialized
   target tensor (inside inference mode for an inference tensor). This is the
-  one place a staged tensor reaches a real destination; another kind of
-  destination (a shard of a distributed tensor) belongs here. A value staged
+  one place a staged tensor reaches a real destination. A value staged
   on the host for a CUDA tensor goes through page-locked memory, one tensor at
   a time, and the undo copy of a device tensor is kept on the host
   (:mod:`weightsurgery._device`): the device never holds a second copy of the model.
+  A DTensor target whose staged value is its local shard alone (the distributed
+  path stages it so) is written the same way, into its ``to_local()``.
 * :meth:`Commit.replace`: a new tensor put into a module's slot, for a target
   tensor on ``meta`` (a factory-built target); undoing puts the old object back.
 * :meth:`Commit.set_requires_grad` (``freeze=True``) and
@@ -76,7 +77,11 @@ class Commit:
 
         The undo copy of a tensor on a device is taken to the host. Into a CUDA
         tensor the copy may still be on its way on return: :meth:`finish` waits for it.
+        A DTensor ``dst`` takes a plain ``value`` (its local shard's) into its local tensor.
         """
+        if _shard_value(dst, value):
+            with torch.no_grad():  # to_local() is then the DTensor's own local tensor (a view, for a parameter)
+                dst = dst.to_local()  # type: ignore[attr-defined]
         backup = _device.host_copy(dst)
         self._undo.append(lambda: _device.copy_into(dst, backup))
         self._to_device.copy(dst, value)
@@ -175,6 +180,7 @@ def commit(
     previous_extra: Mapping[str, PreviousExtraState] = {},  # noqa: B006 - read only
     freeze: list[str] | None = None,
     after_tensors: Callable[[], None] | None = None,
+    place: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[str, ...]:
     """Write ``staged`` into ``module``, then its extra state, then freeze; all of it or nothing.
 
@@ -191,6 +197,9 @@ def commit(
         freeze: parameter keys to set ``requires_grad=False`` on.
         after_tensors: called once the tensors are written, and again after a
             rollback that undid them (FSDP2 re-reads its replaced parameters).
+        place: ``(value, dst) -> tensor`` that a ``meta`` target ``dst`` is replaced by,
+            called one tensor at a time (the distributed path makes its DTensor here,
+            on the mesh's device); default: ``value`` itself.
 
     Returns:
         The keys frozen.
@@ -201,7 +210,7 @@ def commit(
     """
     tx = Commit()
     try:
-        _write_tensors(tx, module, current, staged)
+        _write_tensors(tx, module, current, staged, place)
         if after_tensors is not None:
             tx.call(after_tensors, undo=after_tensors)
         for path in sorted(extra, key=lambda p: previous_extra.get(p) is None):  # those we cannot undo last
@@ -238,7 +247,8 @@ def current_tensors(module: nn.Module, target: TargetSpec) -> dict[str, torch.Te
 
 
 def _write_tensors(
-    tx: Commit, module: nn.Module, current: Mapping[str, torch.Tensor], staged: dict[str, torch.Tensor]
+    tx: Commit, module: nn.Module, current: Mapping[str, torch.Tensor], staged: dict[str, torch.Tensor],
+    place: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """In place where the target is materialized, by replacement on ``meta``.
 
@@ -261,12 +271,19 @@ def _write_tensors(
         if not dst.is_meta:
             tx.write(dst, value)
             continue
+        if place is not None:
+            value = place(value, dst)
         made: dict[int, torch.Tensor] = {}
         for mod, name, is_buffer, old in owners[tensor_identity(dst)]:
             if id(old) not in made:
                 keep = isinstance(old, nn.Parameter)
                 made[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if keep else value
             tx.replace(mod, name, is_buffer, made[id(old)])
+
+
+def _shard_value(dst: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether ``value`` is the staged local shard of ``dst``, a DTensor (a plain tensor, not a DTensor)."""
+    return callable(getattr(dst, "to_local", None)) and type(value) in (torch.Tensor, nn.Parameter)
 
 
 def _requires_grad(tensor: torch.Tensor, flag: bool) -> None:

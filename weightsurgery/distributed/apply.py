@@ -8,14 +8,17 @@
    comparison waits for the end of the stage, one exchange for both.
    Non-persistent buffers left on ``meta`` are computed by their modules
    (:mod:`~weightsurgery.distributed.buffers`).
-2. **stage**: every rank builds its local shards, reading only its own byte
-   ranges; the model is not touched.
+2. **stage**: every rank builds its local shards on the host, reading only its
+   own byte ranges; the model is not touched, and a GPU mesh's devices hold no
+   staged copy.
 3. **commit**: each rank writes its shards through :func:`weightsurgery.apply.commit.commit`,
    whose :class:`~weightsurgery.apply.commit.Commit` is the one place a staged
    tensor reaches the model, and which undoes every write if any step fails: a real shard is filled
-   in place (``copy_`` of a DTensor into one laid out alike), a ``meta`` one is
-   replaced by the staged DTensor, and FSDP2 is told (``reset_sharded_param``,
-   as its own ``_apply`` does) so its padded shard buffers follow.
+   in place (its ``to_local()``, streamed to a GPU through page-locked buffers,
+   its undo copy on the host), a ``meta`` one is replaced by a DTensor made from
+   the staged shard on the mesh's device (:func:`~weightsurgery.distributed.stage.placed`),
+   and FSDP2 is told (``reset_sharded_param``, as its own ``_apply`` does) so its
+   padded shard buffers follow.
 
 A failure in any step on any rank raises the same
 :class:`~weightsurgery.errors.ShardedTransferError` on every rank; before
@@ -33,7 +36,7 @@ from torch import nn
 
 from weightsurgery.distributed.collectives import ShardSession, digest
 from weightsurgery.distributed.buffers import meta_buffers, recompute_buffers, set_buffers
-from weightsurgery.distributed.stage import Stager, is_dtensor, local_device, local_init
+from weightsurgery.distributed.stage import Stager, is_dtensor, local_device, local_init, placed
 from weightsurgery.match.plan import Action, Plan
 from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources.checkpoint import Checkpoint
@@ -114,12 +117,12 @@ def apply_sharded(
             progress(len(copies) + len(init_keys), len(copies) + len(init_keys))
 
     with session.phase("commit"):
-        set_buffers(module, buffers, next((local_device(v) for v in staged.values()), torch.device("cpu")))
+        set_buffers(module, buffers, next((local_device(current[k]) for k in staged), torch.device("cpu")))
         on_meta = any(current[k].is_meta for k in staged)
         frozen = commit(module, target, current, staged, extra=extra,
                         previous_extra=previous_extra_states(module, list(extra)),
                         freeze=[e.target for e in copies] if freeze else None,
-                        after_tensors=(lambda: _reset_fsdp(module)) if on_meta else None)
+                        after_tensors=(lambda: _reset_fsdp(module)) if on_meta else None, place=placed)
     leftover = set(init_keys)
     logger.debug("rank %d: staged %d shards, %d inits", session.rank, len(copies), len(init_keys))
     return single.ApplyResult(casts=casts, init_specs=dict(init.specs), init_rules=dict(init.rules), frozen=frozen,

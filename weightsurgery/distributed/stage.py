@@ -17,10 +17,14 @@ that every rank decides the same (the schedule is compared across ranks):
     (:mod:`~weightsurgery.distributed.scatter`), so rank 0's memory holds at most
     one full tensor beyond its shards, and the others' only their shards.
 
-The staged value of a DTensor target is a DTensor with the target's mesh,
-placements, global shape and stride, built from the local tensor with
-``DTensor.from_local``: commit copies it into the existing shard, or puts it
-in place of a ``meta`` one.
+The staged value of a DTensor target is its local shard alone, a plain tensor
+on the host in the target's dtype (:func:`stage_local`), whatever the mesh's
+device, as one process stages for a device target (:mod:`weightsurgery._device`):
+a GPU mesh holds no staged copy of its shards. Commit copies it into the
+existing shard's ``to_local()`` (through page-locked buffers on a GPU, with
+the undo copy on the host), or, for a ``meta`` shard, makes it a DTensor with
+the target's mesh, placements, global shape and stride on the mesh's device
+then, one tensor at a time (:func:`placed`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from weightsurgery._device import staging_value
 from weightsurgery.distributed.collectives import ShardSession
 from weightsurgery.distributed.placement import Region, full_region, local_region
 from weightsurgery.distributed.ranged import RangedReader
@@ -40,7 +45,7 @@ from weightsurgery.errors import RankUnreachableError
 from weightsurgery.match.plan import Action, PlanEntry
 from weightsurgery.sources.checkpoint import Checkpoint, SourceKind
 
-__all__ = ["Stager", "is_dtensor", "wrap_local"]
+__all__ = ["Stager", "is_dtensor", "local_device", "local_init", "placed", "stage_local"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +71,28 @@ def local_device(dst: torch.Tensor) -> torch.device:
     return torch.device(kind, getattr(torch, kind).current_device())
 
 
-def wrap_local(local: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``local`` as the value of ``dst``: a DTensor laid out like ``dst``, or ``local`` itself.
+def stage_local(local: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``local``, this rank's region of ``dst``, as ``dst``'s staged value: on the host, in ``dst``'s dtype.
 
-    A GPU target's shard goes from page-locked host memory to the device one
-    tensor at a time (``non_blocking``: the copy is ordered on the stream that
-    later uses it), so the device never holds a staged copy of more than the
-    shards themselves.
+    Never on the device of a GPU mesh (:func:`~weightsurgery._device.staging_value`:
+    a value already on the host in that dtype is staged as itself). Commit puts
+    it where ``dst`` lives (:func:`placed` for a ``meta`` shard).
     """
-    device = local_device(dst)
-    if device.type == "cuda" and local.device.type == "cpu" and not local.is_pinned():
-        local = local.pin_memory()
-    local = local.to(device=device, dtype=dst.dtype, non_blocking=device.type == "cuda")
-    if not is_dtensor(dst):
-        return local
+    return staging_value(local, dst.dtype, local_device(dst))
+
+
+def placed(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """What a ``meta`` target ``dst`` is replaced by, at commit: a DTensor laid out like ``dst``.
+
+    Its local tensor is the staged ``value`` moved to the mesh's device (no copy
+    on a CPU mesh). A plain target, or a value that is a DTensor already, is
+    ``value`` itself.
+    """
+    if not is_dtensor(dst) or is_dtensor(value):
+        return value
     from torch.distributed.tensor import DTensor
 
+    local = value.to(local_device(dst))
     return DTensor.from_local(local, dst.device_mesh, dst.placements, run_check=False, shape=dst.shape,
                               stride=dst.stride())
 
@@ -102,7 +113,6 @@ class Stager:
         self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
         self.reader = RangedReader()
         self._regions: dict[str, Region] = {}
-        self.pin = any(local_device(t).type == "cuda" for t in current.values())  # read GPU shards into pinned memory
 
     # ------------------------------------------------------------ the schedule
     def region(self, key: str) -> Region:
@@ -165,7 +175,7 @@ class Stager:
                 else:
                     local = None
                 if local is not None and error is None:
-                    staged[entry.target] = wrap_local(local, dst)
+                    staged[entry.target] = stage_local(local, dst)
                 if progress is not None and error is None:
                     progress(i + 1, total)
             except RankUnreachableError as exc:  # the group is broken: no further collective can finish
@@ -194,7 +204,7 @@ class Stager:
                 )
             return piece.region.take(tensor)
         header, stored = self.checkpoint.locate(piece.key)  # type: ignore[misc]
-        return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region, pin=self.pin)
+        return self.reader.read(header, stored, self.checkpoint.metas[piece.key], piece.region)
 
     def _scatter(
         self, scatter: Scatter, i: int, entry: PlanEntry, fill: torch.Tensor | None, dst: torch.Tensor, *, ok: bool
@@ -238,7 +248,7 @@ def _local_fill(fill: torch.Tensor | None, region: Region) -> torch.Tensor | Non
 
 
 def local_init(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """A leftover's full init value as ``dst``'s staged value: its region, wrapped like ``dst``.
+    """A leftover's full init value as ``dst``'s staged value: its region, on the host (:func:`stage_local`).
 
     The full value is computed the same on every rank (seeded per key), so the
     full tensor after sharding is the same for any world size.
@@ -246,4 +256,4 @@ def local_init(value: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     region = local_region(dst) if is_dtensor(dst) else full_region(dst.shape)
     if is_dtensor(value):
         return value
-    return wrap_local(region.take(value), dst)
+    return stage_local(region.take(value), dst)
