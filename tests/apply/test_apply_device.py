@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from cuda_memory import SLACK, peak_during
 from faults import InjectedFault, Steps
 from model_state import assert_unchanged, snapshot
 from torch import nn
@@ -36,7 +37,6 @@ from weightsurgery.match.target import TargetSpec
 from weightsurgery.sources import resolve
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
-SLACK = 1 << 20  # the caching allocator rounds each block up (512 B); nothing else may be allocated
 
 
 class Net(nn.Module):
@@ -161,18 +161,6 @@ def gpu_target(**kwargs) -> Net:
     assert not model.proj.is_contiguous()  # .cuda() keeps the transposed strides
     torch.cuda.synchronize()
     return model
-
-
-def peak_during(run) -> int:
-    """Device bytes allocated at the peak of ``run()`` above those allocated before it."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        run()
-    finally:
-        torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
 
 
 WIDE = dict(width=1024, blocks=4)  # ~40 MiB: a second copy on the device stands out from the slack

@@ -31,29 +31,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sharded_models import TinyLM  # noqa: E402
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
+from cuda_memory import SLACK, peak_during  # noqa: E402
+from sharded_models import Rotary, TinyLM  # noqa: E402
 
 from weightsurgery import transfer  # noqa: E402
 
-SIZE = dict(vocab=4096, d=512, layers=2, tied=False)  # ~23 MiB: a second copy on the device stands out from the slack
+SIZE = dict(vocab=4096, d=512, layers=2, tied=False)  # ~40 MiB: a second copy on the device stands out from the slack
 INIT = {"adapter.*": "normal(std=0.02)"}
-SLACK = 1 << 20  # the caching allocator rounds each block up (512 B)
-
-
-class Rotary(nn.Module):
-    """A non-persistent buffer in no checkpoint: on ``meta``, its reset computes it (on the mesh's device)."""
-
-    def __init__(self, dim: int = 8) -> None:
-        super().__init__()
-        self.dim = dim
-        self.register_buffer("inv_freq", self.freqs(), persistent=False)
-
-    def freqs(self) -> torch.Tensor:
-        return 1.0 / (10000 ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
-
-    def reset_parameters(self) -> None:
-        self.inv_freq.copy_(self.freqs())
 
 
 class WithRotary(TinyLM):
@@ -90,18 +75,6 @@ def sharded(model: nn.Module, mesh: object) -> nn.Module:
 def shards(model: nn.Module) -> dict[str, torch.Tensor]:
     """Each tensor's local shard (the whole tensor on one rank), as the model holds it."""
     return {k: v.to_local() if hasattr(v, "to_local") else v for k, v in model.state_dict().items()}
-
-
-def peak_during(run) -> int:
-    """Device bytes allocated at the peak of ``run()`` above those allocated before it."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        run()
-    finally:
-        torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
 
 
 def run_case(case: str, folder: Path, mesh: object) -> dict[str, object]:
@@ -148,7 +121,7 @@ def run_case(case: str, folder: Path, mesh: object) -> dict[str, object]:
         if case == "meta":
             inv_freq = model.rotary.inv_freq
             out["inv_freq_on_cuda"] = inv_freq.device.type == "cuda"
-            out["inv_freq_equal"] = not inv_freq.is_meta and bool(torch.equal(inv_freq.cpu(), Rotary().freqs()))
+            out["inv_freq_equal"] = not inv_freq.is_meta and bool(torch.equal(inv_freq.cpu(), Rotary()._freqs()))
     not_cuda = [k for k, v in shards(model).items() if v.device.type != "cuda"]
     out.update(on_cuda=not not_cuda, on_cuda_not=not_cuda)
     return out

@@ -33,7 +33,7 @@ class TinyLM(nn.Module):
     """Embedding, blocks, final norm and a head (tied to the embedding unless ``tied=False``).
 
     ``vocab=50`` shards unevenly over 4 ranks (13, 13, 13, 11 rows). ``extra=True`` adds an
-    ``adapter`` layer no checkpoint holds (a leftover), and a non-persistent ``inv_freq``
+    ``adapter`` layer no checkpoint holds (a leftover); :class:`Rotary` is a non-persistent
     buffer its module computes (as a rotary embedding does).
     """
 
@@ -69,3 +69,18 @@ def pretrained(model: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
     """Distinct, reproducible values for every tensor of ``model`` (a checkpoint to transfer from)."""
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in model.state_dict().items()}
+
+
+class Rotary(nn.Module):
+    """Its ``inv_freq`` is computed, not loaded; its reset computes it again."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("inv_freq", self._freqs(), persistent=False)
+
+    def _freqs(self) -> torch.Tensor:
+        return 1.0 / (10000 ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
+
+    def reset_parameters(self) -> None:
+        self.inv_freq.copy_(self._freqs())

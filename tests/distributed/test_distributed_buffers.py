@@ -7,22 +7,9 @@ import logging
 import torch
 from torch import nn
 
+from sharded_models import Rotary
+
 from weightsurgery.distributed.buffers import meta_buffers, recompute_buffers
-
-
-class Rotary(nn.Module):
-    """Its ``inv_freq`` is computed, not loaded; its reset computes it again."""
-
-    def __init__(self, dim: int = 8) -> None:
-        super().__init__()
-        self.dim = dim
-        self.register_buffer("inv_freq", self._freqs(), persistent=False)
-
-    def _freqs(self) -> torch.Tensor:
-        return 1.0 / (10000 ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
-
-    def reset_parameters(self) -> None:
-        self.inv_freq.copy_(self._freqs())
 
 
 class Masked(nn.Module):
