@@ -270,8 +270,10 @@ class ShardSession:
 
     @staticmethod
     def _untouched(gathered: list[dict[str, Any]]) -> str:
-        if any(g["label"] == "commit" for g in gathered):  # a failed commit undid its writes; the others' stand
-            return "; the ranks whose commit succeeded keep their new shards, so the model is incomplete"
+        kept = [r for r, g in enumerate(gathered) if g["label"] == "commit" and g["failure"] is None]
+        if kept:  # a failed commit undid its writes; the others' stand
+            ranks = ", ".join(map(str, kept))
+            return f"; rank(s) {ranks} committed and keep their new shards, so the model is incomplete"
         return ", and no rank changed its model"
 
     def _all_gather(self, name: str, payload: Any) -> list[Any]:
