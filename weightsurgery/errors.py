@@ -50,43 +50,30 @@ if TYPE_CHECKING:
     from weightsurgery.report import IncorrectShape
 
 __all__ = [
-    "AdapterError",
-    "AmbiguousContainerError",
-    "CLIError",
-    "CorruptCheckpointError",
-    "CoverageError",
-    "EmptyCheckpointError",
-    "InitSpecError",
-    "InitSpecMismatchError",
-    "InputMemoryError",
-    "IntegrityError",
-    "MissingExtraError",
-    "ModuleProtocolError",
-    "OfflineSourceError",
-    "OutputExistsError",
-    "OutputWriteError",
-    "PlanError",
-    "RankUnreachableError",
-    "RecipeError",
-    "ShapeMismatchError",
-    "ShardedTransferError",
-    "SharedMemoryConflictError",
-    "SourceError",
-    "SourceNotFoundError",
-    "SourceSpecError",
-    "StrictTransferError",
-    "TargetError",
-    "UnknownContainerError",
-    "UnknownSourceError",
-    "UnsupportedFormatError",
-    "UnsafeCheckpointError",
-    "UnsupportedTensorError",
-    "WeightSurgeryError",
+    "AdapterError", "AmbiguousContainerError", "CLIError", "CorruptCheckpointError", "CoverageError",
+    "EmptyCheckpointError", "InitSpecError", "InitSpecMismatchError", "InputMemoryError", "IntegrityError",
+    "MissingExtraError", "ModuleProtocolError", "OfflineSourceError", "OutputExistsError", "OutputWriteError",
+    "PlanError", "RankUnreachableError", "RecipeError", "ShapeMismatchError", "ShardedTransferError",
+    "SharedMemoryConflictError", "SourceError", "SourceNotFoundError", "SourceSpecError", "StrictTransferError",
+    "TargetError", "UnknownContainerError", "UnknownSourceError", "UnsupportedFormatError", "UnsafeCheckpointError",
+    "UnsupportedTensorError", "WeightSurgeryError",
 ]
 
 
 class WeightSurgeryError(Exception):
     """Base class of every error raised by weightsurgery."""
+
+
+class _MessageOnly:
+    """Mixed in first: ``str(error)`` is the message, where the built-in base would format it.
+
+    ``KeyError`` would ``repr()`` it; ``OSError`` and its subclasses would format ``(errno, strerror)``.
+    """
+
+    args: tuple[object, ...]  # BaseException's: every class this is mixed into has it
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class SourceError(WeightSurgeryError):
@@ -101,11 +88,8 @@ class SourceError(WeightSurgeryError):
         self.source = None if source is None else str(source)
 
 
-class SourceNotFoundError(SourceError, FileNotFoundError):
+class SourceNotFoundError(_MessageOnly, SourceError, FileNotFoundError):
     """A path, repo, revision, file or registry entry that does not exist."""
-
-    def __str__(self) -> str:  # FileNotFoundError would otherwise format (errno, strerror)
-        return str(self.args[0]) if self.args else ""
 
 
 class CorruptCheckpointError(SourceError, ValueError):
@@ -116,7 +100,7 @@ class UnsafeCheckpointError(SourceError, pickle.UnpicklingError):
     """A pickle that needs arbitrary code to load, refused under ``weights_only=True``."""
 
 
-class AmbiguousContainerError(SourceError, KeyError):
+class AmbiguousContainerError(_MessageOnly, SourceError, KeyError):
     """A nested checkpoint holding several candidate state dicts.
 
     Attributes:
@@ -127,11 +111,8 @@ class AmbiguousContainerError(SourceError, KeyError):
         super().__init__(message, source=source)
         self.candidates = tuple(candidates)
 
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0]) if self.args else ""
 
-
-class UnknownContainerError(SourceError, KeyError):
+class UnknownContainerError(_MessageOnly, SourceError, KeyError):
     """A ``key=`` that names neither a container nor a key prefix of the checkpoint.
 
     Attributes:
@@ -143,9 +124,6 @@ class UnknownContainerError(SourceError, KeyError):
         super().__init__(message, source=source)
         self.key = key
         self.available = tuple(available)
-
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 class EmptyCheckpointError(SourceError, ValueError):
@@ -371,7 +349,7 @@ class TargetError(WeightSurgeryError, ValueError):
     """A target factory spec (``timm:NAME``, ``pkg.mod:callable``) that cannot be built."""
 
 
-class OutputExistsError(WeightSurgeryError, FileExistsError):
+class OutputExistsError(_MessageOnly, WeightSurgeryError, FileExistsError):
     """An output file that already exists, refused unless overwriting was asked for.
 
     Attributes:
@@ -382,11 +360,8 @@ class OutputExistsError(WeightSurgeryError, FileExistsError):
         super().__init__(message)
         self.path = str(path)
 
-    def __str__(self) -> str:  # FileExistsError would otherwise format (errno, strerror)
-        return str(self.args[0]) if self.args else ""
 
-
-class OutputWriteError(WeightSurgeryError, OSError):
+class OutputWriteError(_MessageOnly, WeightSurgeryError, OSError):
     """Writing an output file failed (its folder is missing, a full disk, a file-size limit); the old file is kept.
 
     Attributes:
@@ -396,9 +371,6 @@ class OutputWriteError(WeightSurgeryError, OSError):
     def __init__(self, message: str, *, path: object) -> None:
         super().__init__(message)
         self.path = str(path)
-
-    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
-        return str(self.args[0]) if self.args else ""
 
 
 class InputMemoryError(WeightSurgeryError, MemoryError):
