@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from weightsurgery.match.base import Abstain, Match, MatchContext, StrategyResult
-from weightsurgery.match.names import prefix_splits
+from weightsurgery.match.prefix import prefix_splits
 from weightsurgery.match.tokens import numeric_components
 
 __all__ = ["GENERIC", "is_generic", "match_suffix"]
