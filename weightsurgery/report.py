@@ -144,8 +144,9 @@ class Report:
             ``get_extra_state``/``set_extra_state`` protocol names them.
         unused_extra_state: source extra-state keys no target module took.
         ranks: for a sharded (DTensor) target, one dict per rank, in rank order:
-            ``rank``, ``bytes_read`` (from the file readers' own counters),
-            ``bytes_received`` (its regions sent by rank 0) and ``seconds``; every
+            ``rank``, ``bytes_read`` (from the file readers' own counters; rank 0
+            counts a pickle's tensors, which it reads whole), ``bytes_received``
+            (its regions sent by rank 0) and ``seconds``; every
             rank gets the same report. ``()`` on one process.
 
     Assigning an attribute raises :class:`dataclasses.FrozenInstanceError`, and

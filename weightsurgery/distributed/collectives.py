@@ -73,7 +73,8 @@ class RankStats:
 
     Attributes:
         rank: the global rank.
-        bytes_read: tensor bytes this rank read from files (the readers' own counters).
+        bytes_read: tensor bytes this rank read from files (the readers' own counters; a pickle's
+            tensors, which rank 0 reads whole, by their bytes).
         bytes_received: tensor bytes it received from rank 0 (its regions of tensors only rank 0 can make).
         seconds: wall time of the transfer on this rank.
     """

@@ -62,8 +62,7 @@ class RangedReader:
 
         ``pin=True`` reads into page-locked memory, from which a GPU copy is asynchronous.
         """
-        if id(header) not in self._counted and hasattr(header, "bytes_read"):
-            self._counted[id(header)] = (header, int(header.bytes_read))
+        self.track(header)
         if callable(getattr(header, "read_box", None)):  # a DCP checkpoint: saved chunks, not byte ranges
             box = [range(min(i), max(i) + 1) if len(i) else range(0) for i in region.index]
             inner = Region(tuple(len(b) for b in box), tuple(_shift(i, b.start) for i, b in zip(region.index, box)))
@@ -97,6 +96,11 @@ class RangedReader:
             pos += nbytes
         self._own += pos
         return out
+
+    def track(self, header: Any) -> None:
+        """Count what ``header``'s own counter reads from now on (a whole-tensor load through it, too)."""
+        if id(header) not in self._counted and hasattr(header, "bytes_read"):
+            self._counted[id(header)] = (header, int(header.bytes_read))
 
     @property
     def bytes_read(self) -> int:

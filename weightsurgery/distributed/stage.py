@@ -112,6 +112,7 @@ class Stager:
         self.current = current
         self.shapes = {k: m.shape for k, m in checkpoint.metas.items()}
         self.reader = RangedReader()
+        self._whole_bytes = 0  # tensor bytes rank 0 read whole from a source with no counter of its own (a pickle)
         self._regions: dict[str, Region] = {}
 
     # ------------------------------------------------------------ the schedule
@@ -183,7 +184,7 @@ class Stager:
                 break
             except BaseException as exc:  # held (an interrupt too): the other ranks still wait on our scatters
                 error = error or exc
-        self.session.stats.bytes_read += self.reader.bytes_read
+        self.session.stats.bytes_read += self.reader.bytes_read + self._whole_bytes
         return staged, error
 
     def _local(self, entry: PlanEntry, region: Region, fill: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -218,7 +219,7 @@ class Stager:
         if self.session.rank == 0 and ok:
             try:
                 if plain:
-                    full = self.checkpoint.load(entry.source_keys[0])
+                    full = self._load_whole(entry.source_keys[0])
                 else:
                     full = self._whole(entry, fill).to(dtype)
                 if tuple(full.shape) != tuple(shape) or full.dtype != dtype:
@@ -233,9 +234,23 @@ class Stager:
         """The full target tensor of an adapted entry (every source read whole)."""
         from weightsurgery.adapt import run_adapter
 
-        tensors = [self.checkpoint.load(k) for k in entry.source_keys]
+        tensors = [self._load_whole(k) for k in entry.source_keys]
         shape = tuple(self.current[entry.target].shape)
         return run_adapter(entry.adapter or "", tensors, shape, entry.adapter_args, fill=fill, key=entry.target)
+
+    def _load_whole(self, key: str) -> torch.Tensor:
+        """Source tensor ``key``, read whole (on rank 0), its bytes counted in ``bytes_read``.
+
+        A safetensors shard's own counter counts the read; a pickle's tensor is
+        counted here, by its bytes.
+        """
+        located = self.checkpoint.locate(key)
+        if located is not None:
+            self.reader.track(located[0])
+        tensor = self.checkpoint.load(key)
+        if located is None and self.checkpoint.origin.kind not in IN_MEMORY:
+            self._whole_bytes += tensor.numel() * tensor.element_size()
+        return tensor
 
 
 def _local_fill(fill: torch.Tensor | None, region: Region) -> torch.Tensor | None:
