@@ -82,3 +82,44 @@ def test_a_wrong_keyword_is_a_type_error_with_the_nearest_name(kwargs: dict, mes
     source, model = pair()
     with pytest.raises(TypeError, match=message):
         transfer(source, model, **kwargs)
+
+
+def test_parallelize_shapes_a_factory_target_before_it_is_planned_and_filled(tmp_path) -> None:
+    """One process (no torch.distributed): parallelize= still runs on the meta-built model, and its result is filled."""
+    from safetensors.torch import save_file
+
+    source = torchvision_free_resnet_like()
+    save_file({f"body.{k}": v for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    seen = []
+
+    class Wrapped(nn.Module):  # what a caller's parallelize may return: another module around the built one
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.body = inner
+
+    def parallelize(model: nn.Module) -> nn.Module:
+        seen.append(all(p.is_meta for p in model.parameters()))
+        return Wrapped(model)
+
+    report = transfer(tmp_path / "w.safetensors", f"{__name__}:torchvision_free_resnet_like", parallelize=parallelize)
+    assert seen == [True]  # called once, on meta, before anything was read
+    assert isinstance(report.model, Wrapped)
+    assert report.mapping == {f"body.{k}": f"body.{k}" for k in source.state_dict()}
+    for key, value in source.state_dict().items():
+        assert torch.equal(report.model.body.state_dict()[key], value)
+
+
+def test_parallelize_refuses_a_built_module_and_a_non_callable() -> None:
+    model = torchvision_free_resnet_like()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"a built module is sharded before the call"):
+        transfer(torchvision_free_resnet_like().state_dict(), model, parallelize=lambda m: m)
+    with pytest.raises(TypeError, match=r"parallelize= must be a callable model -> model, not int"):
+        transfer(model.state_dict(), f"{__name__}:torchvision_free_resnet_like", parallelize=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def torchvision_free_resnet_like() -> nn.Module:
+    """A small factory (module:callable) for the parallelize= tests."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))

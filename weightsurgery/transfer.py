@@ -65,6 +65,7 @@ def transfer(
     revision: str | None = None,
     quiet: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    parallelize: Callable[[nn.Module], nn.Module | None] | None = None,
     **matching: Unpack[MatchingOptions],
 ) -> Report:
     """Move the weights of ``src`` into ``dst`` and report what happened.
@@ -113,6 +114,11 @@ def transfer(
         revision: hub revision for ``hf-hub:`` sources.
         quiet: no download progress bars.
         progress: ``progress(done, total)`` as tensors are staged.
+        parallelize: for a factory ``dst`` in a ``torch.distributed`` job,
+            ``parallelize(model)`` shards the model once it is built on ``meta``
+            (``fully_shard``, ``parallelize_module``; it may return the module to
+            use), before it is planned and filled: each rank then reads only its
+            shards. Every rank calls ``transfer`` with the same one.
         **matching: the fields of ``PlanOptions``, as keywords:
 
             - ``rename``: regex rules on source keys, ``{pattern: replacement}`` or
@@ -171,7 +177,13 @@ def transfer(
         raise ValueError(f"min_coverage={min_coverage} must lie between 0 and 1")
     from weightsurgery.init import InitRules
 
-    session = session_for(dst)  # a model with DTensor parameters: every rank runs each step, or all stop
+    if parallelize is not None and (isinstance(dst, nn.Module) or not callable(parallelize)):
+        raise TypeError("parallelize= takes a callable that shards a factory target once it is built on meta; "
+                        "a built module is sharded before the call: fully_shard(model) or parallelize_module(...), "
+                        "then transfer(src, model)" if callable(parallelize) else
+                        f"parallelize= must be a callable model -> model, not {type(parallelize).__name__}")
+    # a model with DTensor parameters, or one that parallelize= will shard: every rank runs each step, or all stop
+    session = session_for(dst, will_shard=parallelize is not None)
     with phase(session, "resolve"):
         rules = InitRules.from_user(init)  # a bad spec fails before any download
         checkpoint = resolve(src, key=key, weights_only=weights_only, revision=revision, quiet=quiet)
@@ -179,7 +191,8 @@ def transfer(
         if checkpoint is not src:  # close what we opened; a caller's Checkpoint stays theirs
             cleanup.callback(checkpoint.close)
         return _run(checkpoint, dst, target_kwargs, rules, seed, plan_options, plan=plan, dry_run=dry_run,
-                    strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress, session=session)
+                    strict=strict, freeze=freeze, min_coverage=min_coverage, progress=progress, session=session,
+                    parallelize=parallelize)
 
 
 def _plan_options(options: PlanOptions | None, matching: Mapping[str, Any]) -> PlanOptions:
@@ -204,11 +217,12 @@ def _run(
     checkpoint: Checkpoint, dst: Any, target_kwargs: Mapping[str, Any] | None, rules: Any, seed: int | None,
     options: PlanOptions, *, plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool,
     freeze: bool, min_coverage: float | None, progress: Callable[[int, int], None] | None,
-    session: ShardSession | None = None,
+    session: ShardSession | None = None, parallelize: Callable[[nn.Module], nn.Module | None] | None = None,
 ) -> Report:
     with phase(session, "plan") as step:
         module, replay, target, the_plan, notes = _plan(checkpoint, dst, target_kwargs, rules, options, plan=plan,
-                                                        dry_run=dry_run, strict=strict, min_coverage=min_coverage)
+                                                        dry_run=dry_run, strict=strict, min_coverage=min_coverage,
+                                                        parallelize=parallelize)
         if session is not None:
             agree_on_plan(step, the_plan, target)
 
@@ -227,9 +241,15 @@ def _run(
 def _plan(
     checkpoint: Checkpoint, dst: Any, target_kwargs: Mapping[str, Any] | None, rules: Any, options: PlanOptions, *,
     plan: Plan | str | os.PathLike[str] | None, dry_run: bool, strict: bool, min_coverage: float | None,
+    parallelize: Callable[[nn.Module], nn.Module | None] | None = None,
 ) -> tuple[nn.Module, Any, TargetSpec, Plan, list[str]]:
     """Build the target, make (or load) the plan and run the checks that need no tensor data."""
     module, replay = _build(dst, _with_source_config(dst, target_kwargs, checkpoint))
+    if parallelize is not None:
+        shaped = parallelize(module)
+        module = module if shaped is None else shaped
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"parallelize= returned {type(module).__name__}, not the module (or None)")
     target = TargetSpec.from_module(module)
 
     if plan is not None:

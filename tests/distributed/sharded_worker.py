@@ -70,16 +70,15 @@ def build(case: str, world: int) -> tuple[nn.Module, dict[str, object]]:
         fully_shard(model.fc, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model, {"classes": [7, 2, 9, 0], "seed": 0}
+    if case == "hf_factory":  # transfer builds it from the folder's config.json on meta; parallelize= shards it
+        return None, {"parallelize": lambda model: _shard_llama(model, mesh)}
     if case == "hf_llama":  # a transformers model built on meta: its rotary inv_freq is computed again
         import transformers
 
         config = transformers.AutoConfig.from_pretrained(config_dir(case))
         with meta:
             model = transformers.AutoModelForCausalLM.from_config(config)
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        return model, {}
+        return _shard_llama(model, mesh), {}
     if case == "tp":
         with meta:
             model = TinyLM(tied=False)
@@ -102,7 +101,7 @@ def config_dir(case: str) -> str:
 def source_for(case: str, config: dict[str, str], rank: int, world: int) -> str:
     if case in ("pickle", "dcp"):
         return config[case]
-    if case == "hf_llama":  # a folder: model.safetensors and config.json
+    if case in ("hf_llama", "hf_factory"):  # a folder: model.safetensors and config.json
         return config["llama"]
     if case == "head":
         return config["classifier"]
@@ -113,9 +112,18 @@ def source_for(case: str, config: dict[str, str], rank: int, world: int) -> str:
     return config["index"]
 
 
+def _shard_llama(model: nn.Module, mesh: object) -> nn.Module:
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object]:
     model, kwargs = build(case, world)
-    before = {k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
+    dst = model if model is not None else "transformers:AutoModelForCausalLM"  # a factory: transfer builds it
+    before = None if model is None else {
+        k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
     if case == "raises":
         def progress(done: int, total: int) -> None:
             if rank == world - 1 and done == 3:
@@ -129,19 +137,23 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
     counted = Counted()
     try:
         with counted:
-            report = transfer(source_for(case, config, rank, world), model, **kwargs)
+            report = transfer(source_for(case, config, rank, world), dst, **kwargs)
     except Exception as exc:
         out["error"] = {"type": type(exc).__name__, "message": str(exc),
                         "phase": getattr(exc, "phase", None), "failures": getattr(exc, "failures", None)}
-        out["untouched"] = all(p.to_local().is_meta for p in model.parameters() if isinstance(p, DTensor))
+        out["untouched"] = model is None or all(
+            p.to_local().is_meta for p in model.parameters() if isinstance(p, DTensor))
         return out
+    if model is None:
+        model = report.model
+        out["sharded"] = sum(isinstance(p, DTensor) for p in model.parameters())
     after = {k: (type(p).__name__, str(getattr(p, "placements", None))) for k, p in model.named_parameters()}
     out["collectives"] = counted.calls
-    out["placements_kept"] = before == after
+    out["placements_kept"] = before in (None, after)
     out["placements"] = after
     out["report"] = report.to_dict()
     out["report_json"] = report.to_json(indent=None)
-    reference = torch.load(config["refs"][case], weights_only=True)
+    reference = torch.load(config["refs"]["hf_llama" if case == "hf_factory" else case], weights_only=True)
     state = model.state_dict()
     local_wrong, full_wrong, on_meta = [], [], []
     local_bytes = 0
@@ -162,7 +174,7 @@ def run_case(case: str, config: dict, rank: int, world: int) -> dict[str, object
             full_wrong.append(key)
     loaded = [r["target"] for r in out["report"]["records"] if r["status"] == "loaded"]
     out["loaded_local_bytes"] = sum(_local_nbytes(state[k]) for k in loaded)
-    if case == "hf_llama":
+    if case in ("hf_llama", "hf_factory"):
         expected = torch.load(config["refs"]["hf_llama_extra"], weights_only=True)
         rotary = model.model.rotary_emb
         out["inv_freq_equal"] = (not rotary.inv_freq.is_meta) and torch.equal(rotary.inv_freq, expected["inv_freq"])
@@ -212,7 +224,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     out_dir = Path(config["out"])
     for case in config["cases"]:
-        if (case == "mesh2d" and world % 2) or (case == "hf_llama" and world != 2):
+        if (case == "mesh2d" and world % 2) or (case in ("hf_llama", "hf_factory") and world != 2):
             continue
         try:
             result = run_case(case, config, rank, world)

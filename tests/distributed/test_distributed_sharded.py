@@ -31,9 +31,9 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 WORKER = HERE / "sharded_worker.py"
 LM_INIT = {"adapter.*": "normal(std=0.02)"}
-CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "missing", "corrupt",
-         "raises", "seeds", "dry_run"]
-GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama"]
+CASES = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "hf_factory",
+         "missing", "corrupt", "raises", "seeds", "dry_run"]
+GOOD = ["fsdp_meta", "fsdp_real", "pickle", "dcp", "tp", "mesh2d", "fused", "head", "hf_llama", "hf_factory"]
 LAUNCH_TIMEOUT = 300
 
 
@@ -144,7 +144,7 @@ def _ranks(runs: dict, world: int, case: str) -> list[dict]:
 def test_local_shards_and_full_model_match(runs: dict, world: int, case: str) -> None:
     if case == "mesh2d" and world == 2:
         pytest.skip("a 2-D mesh needs 4 ranks")
-    if case == "hf_llama" and world == 4:
+    if case in ("hf_llama", "hf_factory") and world == 4:
         pytest.skip("the transformers model runs on 2 ranks only (each rank imports transformers)")
     results = _ranks(runs, world, case)
     for r in results:
@@ -198,8 +198,13 @@ def test_tp_and_2d_placements_are_what_torch_made(runs: dict) -> None:
     assert "_StridedShard" in grid["blocks.0.q.weight"][1]
 
 
-def test_a_transformers_model_on_meta_gets_its_rotary_buffers_and_computes_the_same_logits(runs: dict) -> None:
-    for r in _ranks(runs, 2, "hf_llama"):
+@pytest.mark.parametrize("case", ["hf_llama", "hf_factory"])
+def test_a_transformers_model_on_meta_gets_its_rotary_buffers_and_computes_the_same_logits(runs: dict,
+                                                                                          case: str) -> None:
+    """Built on meta and sharded by the caller, or built by the ``transformers:`` factory, sharded by parallelize=."""
+    for r in _ranks(runs, 2, case):
+        if case == "hf_factory":
+            assert r["sharded"] == len(r["placements"]) > 0  # report.model: every parameter a DTensor shard
         assert r["inv_freq_equal"], f"rank {r['rank']}: rotary inv_freq not recomputed by the model's own init"
         assert r["logits_close"], f"rank {r['rank']}: the sharded model's logits differ from the original's"
 
@@ -238,9 +243,10 @@ def test_a_transfer_read_by_range_agrees_in_two_exchanges(runs: dict, world: int
     """Resolving, planning and preparing are compared with the stage (one all_gather), the commit with one more.
 
     Nothing else crosses ranks: no per-step all_reduce, no object collective, no seed unless one is drawn
-    (hf_llama: its rotary buffers are recomputed with a seed drawn on rank 0, one exchange more).
+    (hf_llama: its rotary buffers are recomputed with a seed drawn on rank 0, one exchange more; the
+    ``transformers:`` factory of hf_factory computes them as it builds the model, so no seed is drawn).
     """
-    for case in ("fsdp_meta", "fsdp_real", "tp", "mesh2d", "fused", "head", "hf_llama"):
+    for case in ("fsdp_meta", "fsdp_real", "tp", "mesh2d", "fused", "head", "hf_llama", "hf_factory"):
         if case not in runs[world]:
             continue
         want = {"all_gather": 3 if case == "hf_llama" else 2}

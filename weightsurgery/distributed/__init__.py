@@ -28,15 +28,25 @@ __all__ = ["DEFERRED", "Phase", "RankStats", "ShardSession", "agree_on_plan", "a
            "session_for"]
 
 
-def session_for(dst: Any) -> ShardSession | None:
+def session_for(dst: Any, *, will_shard: bool = False) -> ShardSession | None:
     """A :class:`ShardSession` when ``dst`` is a module holding DTensors, else ``None``.
+
+    With ``will_shard`` (a factory target that ``transfer(parallelize=...)``
+    shards once built), a session whenever ``torch.distributed`` is initialized.
 
     Example:
         >>> from torch import nn
         >>> session_for(nn.Linear(2, 2)) is None
         True
     """
-    return ShardSession.for_world() if is_sharded(dst) else None
+    if is_sharded(dst):
+        return ShardSession.for_world()
+    if will_shard:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return ShardSession.for_world()
+    return None
 
 
 DEFERRED = ("resolve", "plan")
