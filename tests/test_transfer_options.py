@@ -88,7 +88,7 @@ def test_parallelize_shapes_a_factory_target_before_it_is_planned_and_filled(tmp
     """One process (no torch.distributed): parallelize= still runs on the meta-built model, and its result is filled."""
     from safetensors.torch import save_file
 
-    source = torchvision_free_resnet_like()
+    source = small_convnet()
     save_file({f"body.{k}": v for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
     seen = []
 
@@ -101,7 +101,7 @@ def test_parallelize_shapes_a_factory_target_before_it_is_planned_and_filled(tmp
         seen.append(all(p.is_meta for p in model.parameters()))
         return Wrapped(model)
 
-    report = transfer(tmp_path / "w.safetensors", f"{__name__}:torchvision_free_resnet_like", parallelize=parallelize)
+    report = transfer(tmp_path / "w.safetensors", f"{__name__}:small_convnet", parallelize=parallelize)
     assert seen == [True]  # called once, on meta, before anything was read
     assert isinstance(report.model, Wrapped)
     assert report.mapping == {f"body.{k}": f"body.{k}" for k in source.state_dict()}
@@ -110,16 +110,16 @@ def test_parallelize_shapes_a_factory_target_before_it_is_planned_and_filled(tmp
 
 
 def test_parallelize_refuses_a_built_module_and_a_non_callable() -> None:
-    model = torchvision_free_resnet_like()
+    model = small_convnet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TypeError, match=r"a built module is sharded before the call"):
-        transfer(torchvision_free_resnet_like().state_dict(), model, parallelize=lambda m: m)
+        transfer(small_convnet().state_dict(), model, parallelize=lambda m: m)
     with pytest.raises(TypeError, match=r"parallelize= must be a callable model -> model, not int"):
-        transfer(model.state_dict(), f"{__name__}:torchvision_free_resnet_like", parallelize=3)
+        transfer(model.state_dict(), f"{__name__}:small_convnet", parallelize=3)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
 
 
-def torchvision_free_resnet_like() -> nn.Module:
+def small_convnet() -> nn.Module:
     """A small factory (module:callable) for the parallelize= tests."""
     torch.manual_seed(3)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))

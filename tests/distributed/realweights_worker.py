@@ -32,15 +32,24 @@ from scatter_worker import _nbytes  # noqa: E402
 from weightsurgery import transfer  # noqa: E402
 
 
-def run(config: dict, rank: int, world: int) -> dict[str, object]:
-    mesh = init_device_mesh("cpu", (world,))
-    with torch.device("meta"):
-        model = timm.create_model("efficientnet_lite0")
+def _shard(model: torch.nn.Module, mesh: object) -> torch.nn.Module:
     for stage in model.blocks:
         for block in stage:
             fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def run(config: dict, rank: int, world: int) -> dict[str, object]:
+    mesh = init_device_mesh("cpu", (world,))
+    with torch.device("meta"):
+        model = _shard(timm.create_model("efficientnet_lite0"), mesh)
     report = transfer(config["weights"], model)
+    # the same network from timm's factory, sharded by parallelize= once transfer has built it on meta
+    factory = transfer(config["weights"], "timm:efficientnet_lite0", parallelize=lambda m: _shard(m, mesh)).model
     reference = torch.load(config["reference"], weights_only=True)
     wrong, shards = [], 0
     for key, value in model.state_dict().items():
@@ -52,8 +61,12 @@ def run(config: dict, rank: int, world: int) -> dict[str, object]:
                 wrong.append(key)
         elif value.is_meta or not torch.equal(value, reference["state"][key]):  # BatchNorm statistics
             wrong.append(key)
+    # before any forward: FSDP2 keeps the root's parameters unsharded after one
+    factory_wrong = [k for k, v in factory.state_dict().items() if isinstance(v, DTensor) != isinstance(
+        model.state_dict()[k], DTensor) or not torch.equal(_local(v), _local(model.state_dict()[k]))]
     with torch.no_grad():
         logits = model.eval()(reference["images"])
+        factory_logits = factory.eval()(reference["images"])
     return {
         "rank": rank, "wrong": wrong, "shards": shards, "mapping": report.mapping,
         "strategies": sorted({r.strategy for r in report.records.values() if r.strategy}),
@@ -63,6 +76,8 @@ def run(config: dict, rank: int, world: int) -> dict[str, object]:
         "logits_equal": bool(torch.equal(logits, reference["logits"])),
         "logits_max_diff": float((logits - reference["logits"]).abs().max()),
         "predicted": logits.argmax(1).tolist(),
+        "factory_wrong": factory_wrong,
+        "factory_logits_equal": bool(torch.equal(factory_logits, logits)),
     }
 
 

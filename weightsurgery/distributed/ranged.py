@@ -4,22 +4,19 @@ A region's bytes in a row-major tensor are a list of runs
 (:meth:`~weightsurgery.distributed.placement.Region.runs`): one run for an
 FSDP2 ``Shard(0)`` shard, one per row for a ``Shard(1)`` one. Each run is read
 straight into its place in the new local tensor. The reader is the file's own
-open header (``Checkpoint.locate``): its ``read_into`` when it has one (the
-reader then counts its own bytes, ``bytes_read``), else ``pread`` on its file
-descriptor at its recorded offsets, counted here. A DCP checkpoint's reader
+open header (``Checkpoint.locate``), through its ``read_into``; the header
+counts its own bytes (``bytes_read``). A DCP checkpoint's reader
 (:class:`~weightsurgery.sources.dcp.DcpReader`) reads boxes: the region's
 bounding box is read (only the saved chunks that overlap it) and cut down.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from weightsurgery.distributed.placement import Region
-from weightsurgery.errors import CorruptCheckpointError
 from weightsurgery.sources._fileread import POPULATE_FROM, populate
 
 __all__ = ["RangedReader"]
@@ -44,7 +41,6 @@ class RangedReader:
     """
 
     def __init__(self) -> None:
-        self._own = 0  # bytes read here, for readers that count nothing themselves
         self._counted: dict[int, tuple[Any, int]] = {}  # id(header) -> (header, its counter before us)
 
     @staticmethod
@@ -52,49 +48,25 @@ class RangedReader:
         """Whether a ``Checkpoint.locate`` answer can be read by range on this host."""
         if located is None:
             return False
-        header, stored = located
-        if callable(getattr(header, "read_into", None)) or callable(getattr(header, "read_box", None)):
-            return True
-        return getattr(header, "fd", -1) >= 0 and stored in getattr(header, "offsets", {})
+        header, _ = located
+        return callable(getattr(header, "read_into", None)) or callable(getattr(header, "read_box", None))
 
-    def read(self, header: Any, stored: str, meta: Any, region: Region, *, pin: bool = False) -> torch.Tensor:
-        """``region`` of tensor ``stored`` (of ``meta``'s shape and dtype) as a new tensor.
-
-        ``pin=True`` reads into page-locked memory, from which a GPU copy is asynchronous.
-        """
+    def read(self, header: Any, stored: str, meta: Any, region: Region) -> torch.Tensor:
+        """``region`` of tensor ``stored`` (of ``meta``'s shape and dtype) as a new tensor (on the host)."""
         self.track(header)
         if callable(getattr(header, "read_box", None)):  # a DCP checkpoint: saved chunks, not byte ranges
             box = [range(min(i), max(i) + 1) if len(i) else range(0) for i in region.index]
             inner = Region(tuple(len(b) for b in box), tuple(_shift(i, b.start) for i, b in zip(region.index, box)))
             return inner.take(header.read_box(stored, box))
-        out = torch.empty(region.local_shape, dtype=meta.dtype, pin_memory=pin)
+        out = torch.empty(region.local_shape, dtype=meta.dtype)
         flat = out.reshape(-1).view(torch.uint8)
         runs = region.runs(itemsize=meta.dtype.itemsize)
         if len(runs) > 1 and flat.numel() >= POPULATE_FROM:  # many short runs (a Shard(1) shard): fault in once
             populate(memoryview(flat.numpy()))
-        read_into = getattr(header, "read_into", None)
-        if callable(read_into):
-            pos = 0
-            for offset, nbytes in runs:
-                read_into(stored, flat[pos : pos + nbytes], offset)
-                pos += nbytes
-            return out
-        start, end = header.offsets[stored]
-        view = memoryview(flat.numpy()) if flat.numel() else memoryview(b"")
         pos = 0
         for offset, nbytes in runs:
-            done = 0
-            while done < nbytes:
-                n = os.preadv(header.fd, [view[pos + done : pos + nbytes]], start + offset + done)
-                if n <= 0:
-                    raise CorruptCheckpointError(
-                        f"{header.path} ended while reading {stored!r} (byte {start + offset + done} of {end}): the "
-                        "file was truncated or changed after it was opened; re-download or re-save it",
-                        source=header.path,
-                    )
-                done += n
+            header.read_into(stored, flat[pos : pos + nbytes], offset)
             pos += nbytes
-        self._own += pos
         return out
 
     def track(self, header: Any) -> None:
@@ -105,8 +77,7 @@ class RangedReader:
     @property
     def bytes_read(self) -> int:
         """Tensor bytes read so far, from the readers' own counters where they keep one."""
-        theirs = sum(int(getattr(h, "bytes_read", 0)) - before for h, before in self._counted.values())
-        return self._own + theirs
+        return sum(int(h.bytes_read) - before for h, before in self._counted.values())
 
 
 def _shift(index: range | tuple[int, ...], by: int) -> range | tuple[int, ...]:
